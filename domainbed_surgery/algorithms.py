@@ -1,0 +1,166 @@
+"""DomainBed glue: AgrSum, AgrRand and PCGrad as subclasses of DomainBed's ``ERM``.
+
+They keep ERM's featurizer, classifier, Adam optimizer and ``predict``. One
+:meth:`GradientSurgery.update` computes one gradient per training-domain minibatch
+(a separate forward and backward each, so BatchNorm sees per-domain statistics),
+written straight into the rows of one preallocated ``[N, P]`` buffer, combines them
+with the algorithm's rule from :mod:`domainbed_surgery.surgery` and takes one step.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import ClassVar, Optional
+
+import torch
+import torch.nn.functional as F
+from domainbed.algorithms import ERM
+from torch import Tensor
+
+from . import surgery
+
+
+class GradientSurgery(ERM):
+    """ERM trained on a surgery-combined update of the per-domain gradients.
+
+    Subclasses set :attr:`rule`. ``update`` returns ``loss`` (mean of the domain
+    losses), ``agreement`` (fraction of parameters on which all domain gradients
+    agree in sign, Eq. 2) and ``cosine`` (mean pairwise cosine similarity of the
+    domain gradients); DomainBed logs them to ``results.jsonl``.
+    """
+
+    rule: ClassVar[surgery.Rule]
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        super().__init__(input_shape, num_classes, num_domains, hparams)
+        # DomainBed seeds torch with --seed right before building the algorithm.
+        self._seed = torch.initial_seed()
+        self._generator: Optional[torch.Generator] = None
+        self._params: tuple[torch.nn.Parameter, ...] = ()
+        self._grads: Optional[Tensor] = None  # [N, P]: one row per domain
+        self._rows: list[list[Tensor]] = []  # per domain, per parameter: views of _grads
+        self._combined: Optional[Tensor] = None  # [P]: the update
+        self._combined_views: list[Tensor] = []
+        self._warned_single_domain = False
+
+    # -- buffers -------------------------------------------------------------
+    def _trainable(self) -> tuple[torch.nn.Parameter, ...]:
+        return tuple(p for p in self.network.parameters() if p.requires_grad)
+
+    def _prepare(self, n_domains: int) -> Tensor:
+        """The zeroed ``[N, P]`` buffer, (re)allocated when N, the parameters or the device change."""
+        params = self._trainable()
+        if not params:
+            raise RuntimeError(f"{type(self).__name__}: the network has no trainable parameter")
+        ref = params[0]
+        stale = (self._grads is None or self._grads.shape[0] != n_domains
+                 or len(params) != len(self._params)
+                 or any(p is not q for p, q in zip(params, self._params))
+                 or self._grads.device != ref.device or self._grads.dtype != ref.dtype)
+        if stale:
+            if any(p.dtype != ref.dtype or p.device != ref.device for p in params):
+                raise TypeError(f"{type(self).__name__} needs all trainable parameters "
+                                "on one device with one dtype")
+            sizes = [p.numel() for p in params]
+            self._params = params
+            self._grads = torch.empty(n_domains, sum(sizes), device=ref.device, dtype=ref.dtype)
+            self._rows = [_views(row, params, sizes) for row in self._grads]
+            self._combined = torch.empty(sum(sizes), device=ref.device, dtype=ref.dtype)
+            self._combined_views = _views(self._combined, params, sizes)
+        self._grads.zero_()
+        return self._grads
+
+    def _rng(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device.type != device.type:
+            self._generator = torch.Generator(device=device).manual_seed(self._seed)
+        return self._generator
+
+    # -- one step ------------------------------------------------------------
+    def domain_gradients(self, minibatches) -> tuple[Tensor, Tensor]:
+        """Fill the buffer with one loss gradient per minibatch; return it and the losses."""
+        grads = self._prepare(len(minibatches))
+        losses = []
+        for row, (x, y) in zip(self._rows, minibatches):
+            for p, g in zip(self._params, row):
+                p.grad = g  # backward accumulates in place into this domain's row
+            loss = F.cross_entropy(self.predict(x), y)
+            loss.backward()
+            for p, g in zip(self._params, row):
+                if p.grad is not g:  # autograd replaced it: keep the buffer authoritative
+                    g.copy_(p.grad)
+            losses.append(loss.detach())
+        return grads, torch.stack(losses)
+
+    def combine(self, grads: Tensor, gram: Tensor) -> Tensor:
+        """Apply the rule into the preallocated update vector."""
+        return type(self).rule(grads, self._rng(grads.device), out=self._combined)
+
+    def update(self, minibatches, unlabeled=None):
+        if len(minibatches) == 0:
+            raise ValueError(f"{type(self).__name__}.update needs at least one minibatch")
+        if len(minibatches) == 1 and not self._warned_single_domain:
+            warnings.warn(f"{type(self).__name__} got a single training domain: gradient "
+                          "surgery has nothing to combine, so this is plain ERM.", stacklevel=2)
+            self._warned_single_domain = True
+
+        grads, losses = self.domain_gradients(minibatches)
+        gram = _checked_gram(grads)
+        combined = self.combine(grads, gram)
+        if combined is not self._combined:
+            self._combined.copy_(combined)
+        for p, g in zip(self._params, self._combined_views):
+            p.grad = g
+        self.optimizer.step()
+
+        agreement = surgery.agreement_mask(grads).float().mean()
+        cosine = surgery.pairwise_cosine(gram.to(torch.float64)).to(agreement.dtype)
+        loss, agreement, cosine = torch.stack([losses.mean().float(), agreement, cosine]).tolist()
+        return {"loss": loss, "agreement": agreement, "cosine": cosine}
+
+
+def _views(flat: Tensor, params, sizes) -> list[Tensor]:
+    return [chunk.view_as(p) for chunk, p in zip(flat.split(sizes), params)]
+
+
+def _checked_gram(grads: Tensor) -> Tensor:
+    """Gram matrix of the domain gradients; raises if any of them is not finite.
+
+    A squared norm is finite iff its row is (or the row is so large that float32
+    overflows: then the Gram matrix is recomputed in float64).
+    """
+    gram = surgery.gram_matrix(grads)
+    if bool(torch.isfinite(gram.diagonal()).all()):
+        return gram
+    finite = torch.isfinite(grads).all(dim=1).tolist()
+    bad = [i for i, ok in enumerate(finite) if not ok]
+    if bad:
+        raise FloatingPointError(
+            f"non-finite gradient in training domain(s) {bad} (position among this step's "
+            f"{len(finite)} training minibatches); no update was applied")
+    wide = grads.to(torch.float64)
+    return wide @ wide.T
+
+
+class AgrSum(GradientSurgery):
+    """Agr-Sum (Mansilla et al. 2021, Eq. 3): sum where all domains agree in sign, else 0."""
+
+    rule = staticmethod(surgery.agr_sum)
+
+
+class AgrRand(GradientSurgery):
+    """Agr-Rand (Eq. 4): sum where all domains agree, N(0, sigma^2) noise elsewhere."""
+
+    rule = staticmethod(surgery.agr_rand)
+
+
+class PCGrad(GradientSurgery):
+    """PCGrad (Yu et al. 2020; paper Eq. 5) on domain gradients."""
+
+    rule = staticmethod(surgery.pcgrad)
+
+    def combine(self, grads: Tensor, gram: Tensor) -> Tensor:
+        return surgery.pcgrad(grads, self._rng(torch.device("cpu")), out=self._combined, gram=gram)
+
+
+#: Algorithm classes we add to ``domainbed.algorithms``.
+ALGORITHMS = {"AgrSum": AgrSum, "AgrRand": AgrRand, "PCGrad": PCGrad}

@@ -1,0 +1,65 @@
+"""The hparams we add to DomainBed's registry, seeded by name like DomainBed's own.
+
+Our surgery algorithms add no hyper-parameter of their own (paper, Sec. 5): they
+get exactly ERM's hparams. Every algorithm gets ``backbone`` and ``pretrained``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+
+
+class HParam(NamedTuple):
+    name: str
+    default: Any
+    random: Callable[[Any], Any]  # numpy RandomState -> value
+
+
+#: Algorithms whose base hparams are ERM's.
+SURGERY_ALGORITHMS = ("AgrSum", "AgrRand", "PCGrad")
+
+#: Our datasets take DomainBed's dataset-dependent hparams (lr, batch size...) of these.
+DATASET_HPARAMS_AS = {"RotatedDigits": "RotatedMNIST"}
+
+#: For every algorithm, ours and DomainBed's.
+COMMON = (
+    # None keeps DomainBed's own featurizer choice; see domainbed_surgery.backbones.
+    HParam("backbone", None, lambda r: None),
+    HParam("pretrained", True, lambda r: True),
+)
+
+
+def extra_hparams(algorithm: str, dataset: str) -> tuple[HParam, ...]:
+    """The hparams we define for ``algorithm`` on ``dataset``."""
+    return COMMON
+
+
+def base_names(algorithm: str, dataset: str) -> tuple[str, str]:
+    """The (algorithm, dataset) whose DomainBed hparams ours start from."""
+    return ("ERM" if algorithm in SURGERY_ALGORITHMS else algorithm,
+            DATASET_HPARAMS_AS.get(dataset, dataset))
+
+
+def with_extras(dbhparams: Callable, seed_hash: Callable) -> Callable:
+    """Wrap DomainBed's ``hparams_registry._hparams`` to add :func:`extra_hparams`.
+
+    Each added hparam draws its random value from ``RandomState(seed_hash(seed, name))``,
+    as DomainBed does, so adding one never changes another.
+    """
+    import numpy as np  # noqa: PLC0415 - keep this module free of heavy imports
+
+    def _hparams(algorithm, dataset, random_seed):
+        hparams = dbhparams(*base_names(algorithm, dataset), random_seed)
+        for hp in extra_hparams(algorithm, dataset):
+            if hp.name in hparams:
+                raise KeyError(
+                    f"DomainBed already defines hparam {hp.name!r}; domainbed_surgery "
+                    "will not override it. Is your DomainBed newer than the pinned commit?")
+            state = np.random.RandomState(seed_hash(random_seed, hp.name))
+            hparams[hp.name] = (hp.default, hp.random(state))
+        return hparams
+
+    _hparams.__wrapped__ = dbhparams
+    _hparams.domainbed_surgery = True
+    return _hparams

@@ -1,0 +1,143 @@
+"""Registration into DomainBed: one idempotent :func:`register` and :func:`registered`.
+
+Each step takes the DomainBed module it patches, so the lazy import hook
+(:mod:`.import_hook`) can run it right after that module is imported. A name
+DomainBed (or anyone else) already uses for another class is never replaced:
+``strict=True`` raises, ``strict=False`` (the hook) warns and skips.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+from types import ModuleType
+from typing import Any
+
+from . import locate
+from .hparams import COMMON
+
+ORIGIN = "domainbed_surgery"
+
+
+class RegistrationConflict(RuntimeError):
+    """DomainBed already has something else under one of our names."""
+
+
+def _ours(obj: Any) -> bool:
+    return getattr(obj, "__module__", "").split(".")[0] == ORIGIN or getattr(
+        obj, "domainbed_surgery", False)
+
+
+def _add(module: ModuleType, names_list: list, name: str, obj: Any, strict: bool) -> bool:
+    """Put ``obj`` at ``module.name`` and in ``names_list``; False if the name is taken."""
+    existing = getattr(module, name, None)
+    if existing is not None and not _ours(existing):
+        message = (f"{module.__name__}.{name} already exists ({existing!r}); "
+                   f"domainbed_surgery does not replace it")
+        if strict:
+            raise RegistrationConflict(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return False
+    setattr(module, name, obj)
+    if name not in names_list:
+        names_list.append(name)
+    return True
+
+
+def register_algorithms(module: ModuleType, strict: bool = True) -> None:
+    """Add AgrSum, AgrRand, PCGrad to ``domainbed.algorithms`` and its ``ALGORITHMS``."""
+    from .algorithms import ALGORITHMS  # noqa: PLC0415 - imports domainbed.algorithms
+
+    for name, cls in ALGORITHMS.items():
+        _add(module, module.ALGORITHMS, name, cls, strict)
+
+
+def register_datasets(module: ModuleType, strict: bool = True) -> None:
+    """Add our offline datasets to ``domainbed.datasets`` and its ``DATASETS``."""
+    from .datasets import DATASETS  # noqa: PLC0415
+
+    for name, cls in DATASETS.items():
+        _add(module, module.DATASETS, name, cls, strict)
+
+
+def patch_hparams_registry(module: ModuleType, strict: bool = True) -> None:
+    """Wrap ``hparams_registry._hparams`` with our extra, name-seeded hparams."""
+    from domainbed.lib import misc  # noqa: PLC0415
+
+    from .hparams import with_extras  # noqa: PLC0415
+
+    if not _ours(module._hparams):
+        module._hparams = with_extras(module._hparams, misc.seed_hash)
+
+
+def patch_networks(module: ModuleType, strict: bool = True) -> None:
+    """Wrap ``networks.Featurizer`` so the ``backbone`` hparam picks our featurizers."""
+    if not _ours(module.Featurizer):
+        module.Featurizer = _featurizer_with_backbones(module.Featurizer)
+
+
+def _featurizer_with_backbones(domainbed_featurizer):
+    def Featurizer(input_shape, hparams):  # noqa: N802 - DomainBed's name
+        """DomainBed's featurizer, or ours when the ``backbone`` hparam is set."""
+        name = hparams.get("backbone")
+        if name is None:
+            if (not hparams.get("pretrained", True) and len(input_shape) == 3
+                    and tuple(input_shape[1:3]) == (224, 224)):
+                raise ValueError(
+                    "'pretrained': false only applies to a backbone chosen with the 'backbone' "
+                    "hparam; DomainBed's own ResNet always loads ImageNet weights. Add e.g. "
+                    "\"backbone\": \"resnet50\" to --hparams.")
+            return domainbed_featurizer(input_shape, hparams)
+        from . import backbones  # noqa: PLC0415
+
+        return backbones.build(name, input_shape, hparams)
+
+    Featurizer.__wrapped__ = domainbed_featurizer
+    Featurizer.domainbed_surgery = True
+    return Featurizer
+
+
+#: DomainBed module -> our step, in import order.
+STEPS = {
+    "domainbed.networks": patch_networks,
+    "domainbed.algorithms": register_algorithms,
+    "domainbed.hparams_registry": patch_hparams_registry,
+    "domainbed.datasets": register_datasets,
+}
+
+
+def register() -> dict[str, list[str]]:
+    """Register everything into DomainBed now (idempotent) and return :func:`registered`.
+
+    Raises :class:`RegistrationConflict` if DomainBed already has another object
+    under one of our names, and :class:`~.locate.DomainBedNotFound` without DomainBed.
+    """
+    locate.ensure_importable()
+    for module_name, step in STEPS.items():
+        step(importlib.import_module(module_name), strict=True)
+    return registered()
+
+
+def registered() -> dict[str, list[str]]:
+    """What of ours DomainBed currently has, by kind (empty lists if not imported)."""
+    modules = {name: sys.modules.get(name) for name in STEPS}
+
+    def names(module_name: str, attr_list: str) -> list[str]:
+        module = modules[module_name]
+        if module is None:
+            return []
+        return [n for n in getattr(module, attr_list) if _ours(getattr(module, n, None))]
+
+    networks, registry = modules["domainbed.networks"], modules["domainbed.hparams_registry"]
+    backbones = []
+    if networks is not None and _ours(networks.Featurizer):
+        from .backbones import BACKBONES  # noqa: PLC0415 - torch is loaded by now
+
+        backbones = sorted(BACKBONES)
+    return {
+        "algorithms": names("domainbed.algorithms", "ALGORITHMS"),
+        "datasets": names("domainbed.datasets", "DATASETS"),
+        "hparams": [hp.name for hp in COMMON] if registry and _ours(registry._hparams) else [],
+        "backbones": backbones,
+    }
