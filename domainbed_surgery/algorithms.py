@@ -9,6 +9,7 @@ with the algorithm's rule from :mod:`domainbed_surgery.surgery` and takes one st
 
 from __future__ import annotations
 
+import collections
 import warnings
 from typing import ClassVar, Optional
 
@@ -18,6 +19,7 @@ from domainbed.algorithms import ERM
 from torch import Tensor
 
 from . import surgery
+from .hparams import SURGERY_BATCHES
 
 
 class GradientSurgery(ERM):
@@ -27,6 +29,14 @@ class GradientSurgery(ERM):
     losses), ``agreement`` (fraction of parameters on which all domain gradients
     agree in sign, Eq. 2) and ``cosine`` (mean pairwise cosine similarity of the
     domain gradients); DomainBed logs them to ``results.jsonl``.
+
+    hparam ``surgery_batches``: "multi" (default) combines one gradient per source
+    domain; "single" is the paper's control (Fig. 4): each step draws one source
+    domain d at random and combines N gradients from N batches of d, so both arms
+    use N x batch_size samples per update. DomainBed's loaders give one batch per
+    domain per step, so the N batches of d are its N most recent ones (this step's
+    and the N-1 previous steps'); each batch is thus used once in expectation, as in
+    the "multi" arm. During the first N-1 steps the missing batches repeat d's.
     """
 
     rule: ClassVar[surgery.Rule]
@@ -35,13 +45,18 @@ class GradientSurgery(ERM):
         super().__init__(input_shape, num_classes, num_domains, hparams)
         # DomainBed seeds torch with --seed right before building the algorithm.
         self._seed = torch.initial_seed()
-        self._generator: Optional[torch.Generator] = None
+        self._generators: dict[str, torch.Generator] = {}  # by device type
         self._params: tuple[torch.nn.Parameter, ...] = ()
         self._grads: Optional[Tensor] = None  # [N, P]: one row per domain
         self._rows: list[list[Tensor]] = []  # per domain, per parameter: views of _grads
         self._combined: Optional[Tensor] = None  # [P]: the update
         self._combined_views: list[Tensor] = []
         self._warned_single_domain = False
+        self.surgery_batches = hparams.get("surgery_batches", "multi")
+        if self.surgery_batches not in SURGERY_BATCHES:
+            raise ValueError(f"hparam surgery_batches must be one of {SURGERY_BATCHES}, "
+                             f"got {self.surgery_batches!r}")
+        self._recent: dict[int, collections.deque] = {}  # "single" arm: domain -> batches
 
     # -- buffers -------------------------------------------------------------
     def _trainable(self) -> tuple[torch.nn.Parameter, ...]:
@@ -71,9 +86,10 @@ class GradientSurgery(ERM):
         return self._grads
 
     def _rng(self, device: torch.device) -> torch.Generator:
-        if self._generator is None or self._generator.device.type != device.type:
-            self._generator = torch.Generator(device=device).manual_seed(self._seed)
-        return self._generator
+        """This run's generator on ``device``'s type, seeded from DomainBed's --seed."""
+        if device.type not in self._generators:
+            self._generators[device.type] = torch.Generator(device=device).manual_seed(self._seed)
+        return self._generators[device.type]
 
     # -- one step ------------------------------------------------------------
     def domain_gradients(self, minibatches) -> tuple[Tensor, Tensor]:
@@ -91,6 +107,17 @@ class GradientSurgery(ERM):
             losses.append(loss.detach())
         return grads, torch.stack(losses)
 
+    def gradient_batches(self, minibatches) -> list:
+        """The N batches whose gradients are combined: one per domain, or N of one domain."""
+        if self.surgery_batches == "multi":
+            return list(minibatches)
+        n = len(minibatches)
+        for d, batch in enumerate(minibatches):
+            self._recent.setdefault(d, collections.deque(maxlen=n)).appendleft(batch)
+        d = int(torch.randint(n, (1,), generator=self._rng(torch.device("cpu"))))
+        recent = list(self._recent[d])
+        return [recent[k % len(recent)] for k in range(n)]
+
     def combine(self, grads: Tensor, gram: Tensor) -> Tensor:
         """Apply the rule into the preallocated update vector."""
         return type(self).rule(grads, self._rng(grads.device), out=self._combined)
@@ -103,7 +130,7 @@ class GradientSurgery(ERM):
                           "surgery has nothing to combine, so this is plain ERM.", stacklevel=2)
             self._warned_single_domain = True
 
-        grads, losses = self.domain_gradients(minibatches)
+        grads, losses = self.domain_gradients(self.gradient_batches(minibatches))
         gram = _checked_gram(grads)
         combined = self.combine(grads, gram)
         if combined is not self._combined:

@@ -1,7 +1,9 @@
 """The hparams we add to DomainBed's registry, seeded by name like DomainBed's own.
 
-Our surgery algorithms add no hyper-parameter of their own (paper, Sec. 5): they
-get exactly ERM's hparams. Every algorithm gets ``backbone`` and ``pretrained``.
+Our surgery algorithms add no tuned hyper-parameter (paper, Sec. 5): they get
+exactly ERM's hparams, plus ``surgery_batches``, the switch of the paper's control
+experiment (Fig. 4), which is never searched. Every algorithm gets ``backbone``
+and ``pretrained``.
 """
 
 from __future__ import annotations
@@ -30,9 +32,18 @@ COMMON = (
 )
 
 
+#: For the surgery algorithms. "multi": one gradient per source domain (the method);
+#: "single": N gradients from N batches of one source domain drawn at random each
+#: step (the control of the paper's Fig. 4).
+SURGERY = (
+    HParam("surgery_batches", "multi", lambda r: "multi"),
+)
+SURGERY_BATCHES = ("multi", "single")
+
+
 def extra_hparams(algorithm: str, dataset: str) -> tuple[HParam, ...]:
     """The hparams we define for ``algorithm`` on ``dataset``."""
-    return COMMON
+    return COMMON + (SURGERY if algorithm in SURGERY_ALGORITHMS else ())
 
 
 def base_names(algorithm: str, dataset: str) -> tuple[str, str]:

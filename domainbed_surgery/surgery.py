@@ -173,7 +173,7 @@ def pcgrad(grads: Tensor, generator: Optional[torch.Generator] = None, *,
     if gram is None:
         gram = gram_matrix(grads)
     weights = pcgrad_weights(gram, generator).to(device=grads.device, dtype=grads.dtype)
-    return torch.matmul(weights, grads, out=out)
+    return torch.mv(grads.T, weights, out=out)
 
 
 #: Rules by the DomainBed algorithm name that uses them.

@@ -1,0 +1,70 @@
+"""Shared fixtures; prints whether the DomainBed integration tests ran or were skipped."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+_domainbed_outcomes: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
+_skip_reasons: set[str] = set()
+
+
+@pytest.fixture(scope="session")
+def domainbed():
+    """DomainBed with everything of ours registered; skips loudly without a checkout."""
+    from domainbed_surgery import register
+    from domainbed_surgery.locate import DomainBedNotFound
+
+    try:
+        register()
+    except DomainBedNotFound as exc:
+        pytest.skip(f"DomainBed integration skipped: {exc}")
+    import domainbed
+
+    return domainbed
+
+
+@pytest.fixture
+def subprocess_env():
+    """Environment for child processes: this interpreter's bin first on PATH (sweeps call 'python')."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.setdefault("DOMAINBED_DIR", os.path.expanduser("~/DomainBed"))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "domainbed" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.domainbed)
+
+
+def pytest_runtest_logreport(report):
+    if "domainbed" not in report.keywords:
+        return
+    if report.when == "call":
+        _domainbed_outcomes[report.outcome] += 1
+    elif report.skipped:
+        _domainbed_outcomes["skipped"] += 1
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skip_reasons.add(reason)
+    elif report.failed:
+        _domainbed_outcomes["failed"] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    o = _domainbed_outcomes
+    ran = o["passed"] + o["failed"]
+    status = "RAN" if ran else "SKIPPED"
+    terminalreporter.write_line(
+        f"DomainBed integration tests: {status} ({o['passed']} passed, {o['failed']} failed, "
+        f"{o['skipped']} skipped)")
+    for reason in sorted(_skip_reasons):
+        terminalreporter.write_line(f"  skip reason: {reason}")

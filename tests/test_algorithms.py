@@ -1,0 +1,185 @@
+"""AgrSum, AgrRand and PCGrad as DomainBed algorithms: updates, diagnostics, errors."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from domainbed_surgery import surgery
+
+OURS = ("AgrSum", "AgrRand", "PCGrad")
+
+
+# DomainBed's MLP featurizer on flattened images keeps these tests fast on 2 cores;
+# the conv backbones go through the same glue in test_backbones and test_domainbed_scripts.
+MLP = {"mlp_width": 64, "mlp_depth": 3, "mlp_dropout": 0.0}
+
+
+def hparams_for(domainbed, algorithm, **overrides):
+    from domainbed import hparams_registry
+
+    hp = hparams_registry.default_hparams(algorithm, "RotatedDigits")
+    hp.update(MLP, **overrides)
+    return hp
+
+
+def make(domainbed, algorithm, n_domains=3, seed=0, **overrides):
+    from domainbed import algorithms
+
+    torch.manual_seed(seed)
+    cls = algorithms.get_algorithm_class(algorithm)
+    return cls((28 * 28,), 10, n_domains, hparams_for(domainbed, algorithm, **overrides))
+
+
+@pytest.fixture(scope="module")
+def digits_batches(domainbed):
+    """Three RotatedDigits domains, 16 flattened images each (fixed)."""
+    from domainbed import datasets
+
+    data = datasets.get_dataset_class("RotatedDigits")(None, [3], {})
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for env in list(data)[:3]:
+        idx = torch.randperm(len(env), generator=g)[:16]
+        x, y = env.tensors[0][idx].flatten(1), env.tensors[1][idx]
+        batches.append((x, y))
+    return batches
+
+
+def plain_domain_grads(alg, minibatches):
+    """The straightforward per-domain gradients: zero_grad, forward, backward, flatten."""
+    rows = []
+    for x, y in minibatches:
+        alg.network.zero_grad(set_to_none=True)
+        F.cross_entropy(alg.predict(x), y).backward()
+        rows.append(torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel())
+                               for p in alg.network.parameters() if p.requires_grad]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("algorithm", OURS)
+def test_each_algorithm_trains_to_lower_loss(domainbed, digits_batches, algorithm):
+    alg = make(domainbed, algorithm)
+    x = torch.cat([b[0] for b in digits_batches])
+    y = torch.cat([b[1] for b in digits_batches])
+    with torch.no_grad():
+        before = F.cross_entropy(alg.predict(x), y).item()
+    for _ in range(20):
+        out = alg.update(digits_batches)
+    with torch.no_grad():
+        after = F.cross_entropy(alg.predict(x), y).item()
+    assert after < before - 0.25
+    assert set(out) == {"loss", "agreement", "cosine"}
+    assert 0.0 <= out["agreement"] <= 1.0 and -1.0 <= out["cosine"] <= 1.0
+
+
+@pytest.mark.parametrize("algorithm", OURS)
+def test_update_writes_the_rule_of_the_domain_gradients(domainbed, digits_batches, algorithm):
+    alg = make(domainbed, algorithm)
+    reference = copy.deepcopy(alg)
+    grads = plain_domain_grads(reference, digits_batches)
+    alg.update(digits_batches)
+    torch.testing.assert_close(alg._grads, grads, rtol=1e-5, atol=1e-7)
+    got = torch.cat([p.grad.flatten() for p in alg.network.parameters()])
+    rule = surgery.RULES[algorithm]
+    gen_device = torch.device("cpu")
+    expected = rule(grads, torch.Generator(device=gen_device).manual_seed(alg._seed))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_is_the_mean_of_the_domain_losses(domainbed, digits_batches):
+    alg = make(domainbed, "AgrSum")
+    with torch.no_grad():
+        expected = sum(F.cross_entropy(alg.predict(x), y).item() for x, y in digits_batches) / 3
+    assert alg.update(digits_batches)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_identical_domains_agree_everywhere_with_cosine_one(domainbed, digits_batches):
+    alg = make(domainbed, "AgrSum")
+    out = alg.update([digits_batches[0]] * 3)
+    assert out["cosine"] == pytest.approx(1.0, abs=1e-5)
+    # identical rows: every component agrees (nonzero ones in sign, zeros as zeros)
+    assert out["agreement"] == pytest.approx(1.0)
+
+
+def test_flipped_labels_conflict(domainbed, digits_batches):
+    alg = make(domainbed, "AgrSum")
+    x, y = digits_batches[0]
+    flipped = (x, (y + 5) % 10)
+    out = alg.update([(x, y), flipped])
+    # the same images pulled towards other labels: gradients point against each other
+    assert out["cosine"] < 0 and out["agreement"] < 0.75
+
+
+def test_single_domain_is_plain_gradient_with_one_warning(domainbed, digits_batches):
+    alg = make(domainbed, "AgrRand", n_domains=1)
+    reference = copy.deepcopy(alg)
+    with pytest.warns(UserWarning, match="single training domain"):
+        alg.update(digits_batches[:1])
+    got = torch.cat([p.grad.flatten() for p in alg.network.parameters()])
+    torch.testing.assert_close(got, plain_domain_grads(reference, digits_batches[:1])[0],
+                               rtol=1e-5, atol=1e-7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        alg.update(digits_batches[:1])  # no second warning
+
+
+def test_non_finite_domain_gradient_raises_and_leaves_weights(domainbed, digits_batches):
+    alg = make(domainbed, "PCGrad")
+    before = [p.detach().clone() for p in alg.network.parameters()]
+    x, y = digits_batches[1]
+    bad = (torch.full_like(x, float("nan")), y)
+    with pytest.raises(FloatingPointError, match=r"domain\(s\) \[1\]"):
+        alg.update([digits_batches[0], bad, digits_batches[2]])
+    for p, q in zip(alg.network.parameters(), before):
+        assert torch.equal(p, q)
+
+
+def test_empty_minibatches_raise(domainbed):
+    with pytest.raises(ValueError, match="at least one minibatch"):
+        make(domainbed, "AgrSum").update([])
+
+
+def test_frozen_parameters_are_skipped_and_unused_count_as_zero(domainbed, digits_batches):
+    alg = make(domainbed, "AgrSum")
+    frozen = alg.classifier.bias
+    frozen.requires_grad_(False)
+    alg.update(digits_batches)
+    assert frozen.grad is None
+    n_trainable = sum(p.numel() for p in alg.network.parameters() if p.requires_grad)
+    assert alg._grads.shape == (3, n_trainable)
+
+
+def test_runs_are_reproducible_under_the_seed(domainbed, digits_batches):
+    def run(seed):
+        alg = make(domainbed, "AgrRand", seed=seed)
+        for _ in range(2):
+            alg.update(digits_batches)
+        return torch.cat([p.detach().flatten() for p in alg.network.parameters()])
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+def test_single_domain_control_arm_uses_one_domain(domainbed, digits_batches):
+    alg = make(domainbed, "AgrSum", surgery_batches="single")
+    chosen = alg.gradient_batches(digits_batches)
+    assert len(chosen) == 3
+    # first step: all N batches come from one domain (the only batch seen so far, repeated)
+    assert all(b is chosen[0] for b in chosen) and any(chosen[0] is b for b in digits_batches)
+    later = [[(x + k, y) for x, y in digits_batches] for k in range(1, 4)]
+    for batches in later:
+        chosen = alg.gradient_batches(batches)
+    # after N steps: the N most recent, distinct batches of a single domain
+    domain = [d for d in range(3) if chosen[0] is later[-1][d]]
+    assert len(domain) == 1
+    d = domain[0]
+    assert [id(b) for b in chosen] == [id(later[-1][d]), id(later[-2][d]), id(later[-3][d])]
+    assert alg.update(digits_batches)["loss"] > 0
+
+
+def test_bad_surgery_batches_value(domainbed):
+    with pytest.raises(ValueError, match="surgery_batches"):
+        make(domainbed, "AgrSum", surgery_batches="both")

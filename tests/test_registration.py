@@ -1,0 +1,125 @@
+"""Registration into DomainBed's registries and the hparams we add."""
+
+import itertools
+import types
+import warnings
+
+import pytest
+
+from domainbed_surgery import hparams, registration
+
+OURS = ("AgrSum", "AgrRand", "PCGrad")
+
+
+def test_registered_names_and_classes(domainbed):
+    from domainbed import algorithms, datasets
+
+    for name in OURS:
+        assert name in algorithms.ALGORITHMS
+        cls = algorithms.get_algorithm_class(name)
+        assert issubclass(cls, algorithms.Algorithm) and cls.__name__ == name
+    assert datasets.num_environments("RotatedDigits") == 4
+    assert "RotatedDigits" in datasets.DATASETS
+    reg = registration.registered()
+    assert reg["algorithms"] == list(OURS) and reg["datasets"] == ["RotatedDigits"]
+    assert reg["backbones"] == ["alexnet", "resnet18", "resnet50"]
+
+
+def test_register_twice_changes_nothing(domainbed):
+    from domainbed import algorithms, datasets, hparams_registry, networks
+
+    before = (list(algorithms.ALGORITHMS), list(datasets.DATASETS), hparams_registry._hparams,
+              networks.Featurizer, [algorithms.get_algorithm_class(n) for n in OURS])
+    registration.register()
+    after = (list(algorithms.ALGORITHMS), list(datasets.DATASETS), hparams_registry._hparams,
+             networks.Featurizer, [algorithms.get_algorithm_class(n) for n in OURS])
+    assert before == after
+
+
+def fake_algorithms_module(**attrs):
+    module = types.ModuleType("domainbed.algorithms")
+    module.ALGORITHMS = list(attrs)
+    for name, value in attrs.items():
+        setattr(module, name, value)
+    return module
+
+
+def test_a_foreign_class_is_never_replaced(domainbed):
+    class AgrSum:  # somebody else's
+        pass
+
+    module = fake_algorithms_module(AgrSum=AgrSum)
+    with pytest.raises(registration.RegistrationConflict, match="AgrSum"):
+        registration.register_algorithms(module, strict=True)
+    assert module.AgrSum is AgrSum
+    with pytest.warns(RuntimeWarning, match="does not replace"):
+        registration.register_algorithms(module, strict=False)
+    assert module.AgrSum is AgrSum and module.ALGORITHMS.count("AgrSum") == 1
+    assert module.AgrRand.__module__ == "domainbed_surgery.algorithms"  # the others still land
+
+
+DATASETS = ("PACS", "VLCS", "OfficeHome", "RotatedMNIST", "ColoredMNIST")
+
+
+@pytest.mark.parametrize("algorithm", OURS)
+def test_our_hparams_are_ERMs_plus_our_keys(domainbed, algorithm):
+    from domainbed import hparams_registry
+    from domainbed.lib import misc
+
+    original = hparams_registry._hparams.__wrapped__  # DomainBed's own function
+    ours = {"backbone", "pretrained", "surgery_batches"}
+    for dataset, seed in itertools.product(DATASETS, (0, 1, 7, 12345)):
+        erm = {k: (d, r) for k, (d, r) in original("ERM", dataset, seed).items()}
+        got = hparams_registry._hparams(algorithm, dataset, seed)
+        assert set(got) == set(erm) | ours
+        assert {k: got[k] for k in erm} == erm
+    assert hparams_registry.default_hparams(algorithm, "PACS")["surgery_batches"] == "multi"
+    random = hparams_registry.random_hparams(algorithm, "PACS", misc.seed_hash(3, 0))
+    erm_random = {k: r for k, (d, r) in original("ERM", "PACS", misc.seed_hash(3, 0)).items()}
+    assert {k: random[k] for k in erm_random} == erm_random
+
+
+@pytest.mark.parametrize("algorithm", ("ERM", "IRM", "MLDG", "Mixup", "GroupDRO", "Fish", "Fishr"))
+def test_baselines_keep_their_hparams_and_gain_backbone(domainbed, algorithm):
+    from domainbed import hparams_registry
+
+    original = hparams_registry._hparams.__wrapped__
+    for seed in (0, 5):
+        base = original(algorithm, "PACS", seed)
+        got = hparams_registry._hparams(algorithm, "PACS", seed)
+        assert {k: got[k] for k in base} == base
+        assert set(got) - set(base) == {"backbone", "pretrained"}
+        assert got["backbone"] == (None, None) and got["pretrained"] == (True, True)
+
+
+def test_rotated_digits_uses_rotated_mnist_hparams(domainbed):
+    from domainbed import hparams_registry
+
+    digits = hparams_registry.default_hparams("ERM", "RotatedDigits")
+    mnist = hparams_registry.default_hparams("ERM", "RotatedMNIST")
+    assert digits == mnist and digits["batch_size"] == 64 and digits["lr"] == 1e-3
+
+
+def test_added_hparam_is_seeded_by_its_name():
+    calls = []
+
+    def dbhparams(algorithm, dataset, seed):
+        calls.append((algorithm, dataset))
+        return {"lr": (1.0, 2.0)}
+
+    wrapped = hparams.with_extras(dbhparams, lambda *args: hash(args) % 2**31)
+    out = wrapped("AgrSum", "RotatedDigits", 3)
+    assert calls == [("ERM", "RotatedMNIST")]
+    assert out["lr"] == (1.0, 2.0) and out["surgery_batches"] == ("multi", "multi")
+    with pytest.raises(KeyError, match="already defines"):
+        hparams.with_extras(lambda a, d, s: {"backbone": (1, 1)}, lambda *a: 0)("ERM", "PACS", 0)
+
+
+def test_import_of_the_package_is_light():
+    import subprocess
+    import sys
+
+    code = ("import domainbed_surgery, sys; "
+            "print(sorted(m for m in ('torch', 'numpy', 'domainbed') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
