@@ -65,7 +65,8 @@ def footnote(table: Table) -> list[str]:
             "no cell had a pair"
         lines.append(
             f"{DAGGER}: p < {table.alpha:g} in a two-sided paired Wilcoxon signed-rank test "
-            f"against {table.baseline} (scipy.stats.wilcoxon, pairs matched by trial_seed, "
+            f"against {table.baseline}, a difference in either direction (scipy.stats.wilcoxon, "
+            f"pairs matched by trial_seed, "
             f"zero differences dropped; {pairs}). With n non-zero differences the smallest "
             f"possible p is 2/2^n, so n < {min_pairs_for(table.alpha)} can never reach "
             f"p < {table.alpha:g}.")
