@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -56,6 +57,16 @@ def load_records(input_dir: str):
     from domainbed.lib import reporting  # noqa: PLC0415
 
     return reporting.load_records(str(input_dir))
+
+
+def incomplete_runs(input_dir: str) -> list[str]:
+    """Run folders with a ``results.jsonl`` but no ``done`` file (still running or crashed).
+
+    DomainBed's loader uses their records anyway; the report says how many there are.
+    """
+    root = Path(input_dir)
+    return sorted(d.name for d in root.iterdir()
+                  if (d / "results.jsonl").is_file() and not (d / "done").exists())
 
 
 def environments(dataset: str) -> list[str]:

@@ -324,6 +324,8 @@ def test_hand_cli_writes_all_files(hand, tmp_path, capsys):
     assert (tmp_path / "VLCS_iid_boxplot.pdf").read_bytes()[:4] == b"%PDF"
     out = capsys.readouterr().out
     assert "*86.0 (3.7)*\u2020" in out
+    assert "Warning: 1 run folder(s) without a 'done' file (incomplete)" in out
+    assert "two_test_envs" in out
 
 
 # --- the CLI on the sample ------------------------------------------------------------------
@@ -335,6 +337,7 @@ def test_cli_on_sample(sample, tmp_path, capsys):
               "--selection", "iid", "oracle", "--no_figures"])
     out = capsys.readouterr().out
     assert "Total records: 200" in out
+    assert "Warning" not in out  # every sample run has its done file
     assert "model selection: training-domain validation set" in out
     assert "model selection: test-domain validation set (oracle)" in out
     rows = dict(line.split(",", 1) for line in

@@ -47,6 +47,11 @@ def main(argv=None) -> list[Path]:
     print(f"Total records: {len(records)}")
     if not len(records):
         sys.exit(f"error: no results.jsonl records under {input_dir}")
+    incomplete = rep.incomplete_runs(input_dir)
+    if incomplete:
+        print(f"Warning: {len(incomplete)} run folder(s) without a 'done' file (incomplete); "
+              f"their records are used as collect_results does: {', '.join(incomplete[:5])}"
+              + (" ..." if len(incomplete) > 5 else ""))
     written: list[Path] = []
     for key in args.selection:
         method = rep.selection_method(key)
