@@ -1,0 +1,85 @@
+"""Box plots of per-trial accuracies, like Fig. 3 of Mansilla et al. (ICCV 2021).
+
+One panel per target domain, one box per algorithm: box = quartiles, line = median,
+triangle = mean, whiskers = min/max, and an asterisk above a box whose paired Wilcoxon
+test against the baseline gives p < alpha (taken from the :class:`~.report.Table`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .report import Table
+
+FORMATS = ("png", "pdf")
+
+
+def boxplot_figure(table: Table):
+    """A matplotlib Figure (Agg) with one box-plot panel per target domain of ``table``."""
+    import matplotlib  # noqa: PLC0415 - matplotlib is only needed for figures
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure  # noqa: PLC0415 - no pyplot global state
+
+    pt = table.per_trial
+    targets = table.targets
+    algs = table.algorithms
+    ncols = min(4, len(targets))
+    nrows = math.ceil(len(targets) / ncols)
+    fig = Figure(figsize=(max(3.2, 0.7 * len(algs) + 1.2) * ncols, 3.4 * nrows),
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, target in zip(axes, targets):
+        data, positions, labels = [], [], []
+        for i, alg in enumerate(algs):
+            vals = pt[(pt["target"] == target) & (pt["algorithm"] == alg)]["acc"].to_numpy()
+            labels.append(alg)
+            if len(vals):
+                data.append(vals)
+                positions.append(i + 1)
+        if data:
+            ax.boxplot(data, positions=positions, whis=(0, 100), showmeans=True,
+                       widths=0.6, patch_artist=True,
+                       boxprops=dict(facecolor="#cfe0f3", edgecolor="black"),
+                       medianprops=dict(color="#d62728", linewidth=1.5),
+                       meanprops=dict(marker="^", markerfacecolor="#2ca02c",
+                                      markeredgecolor="black", markersize=7))
+            top = max(v.max() for v in data)
+            bottom = min(v.min() for v in data)
+            pad = max(0.08 * (top - bottom), 0.5)
+            for i, alg in enumerate(algs):
+                row = table.cell(target, alg)
+                if row["significant"]:
+                    ymax = pt[(pt["target"] == target) & (pt["algorithm"] == alg)]["acc"].max()
+                    ax.text(i + 1, ymax + pad / 2, "*", ha="center", va="bottom",
+                            fontsize=16, fontweight="bold")
+            ax.set_ylim(bottom - pad, top + 2.5 * pad)
+        for i, alg in enumerate(algs):
+            if table.cell(target, alg)["n"] == 0:
+                ax.text(i + 1, 0.5, "missing", transform=ax.get_xaxis_transform(),
+                        ha="center", va="center", rotation=90, color="gray", fontsize=8)
+        ax.set_xticks(range(1, len(algs) + 1), labels, rotation=30, ha="right")
+        ax.set_xlim(0.4, len(algs) + 0.6)
+        ax.set_title(f"target: {target}")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[len(targets):]:
+        ax.set_visible(False)
+    sel = f", {table.selection}" if table.selection else ""
+    base = (f"; * p<{table.alpha:g} vs {table.baseline} (paired Wilcoxon)"
+            if table.baseline else "")
+    fig.suptitle(f"{table.dataset}{sel}\nbox: quartiles, red line: median, "
+                 f"\u25b2: mean, whiskers: min/max{base}", fontsize=9)
+    return fig
+
+
+def save_boxplots(table: Table, stem: Path, formats=FORMATS) -> list[Path]:
+    """Write the box-plot figure as ``stem.png`` / ``stem.pdf``; return the paths."""
+    fig = boxplot_figure(table)
+    paths = []
+    for fmt in formats:
+        path = Path(f"{stem}.{fmt}")
+        fig.savefig(path, dpi=150)
+        paths.append(path)
+    return paths

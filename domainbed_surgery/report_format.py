@@ -1,0 +1,183 @@
+"""Render a :class:`~.report.Table` as plain text, Markdown, LaTeX or CSV.
+
+Formatting only: every number comes from :func:`domainbed_surgery.report.summarize`.
+Cells read "mean (std)"; the row's best mean is marked (``*x*`` in text, bold in
+Markdown/LaTeX), a dagger marks p < alpha against the baseline, and a footnote states the
+statistics used and, in words, why any cell or test is missing.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+
+import pandas as pd
+
+from .report import AVG, DECIMALS, Table, min_pairs_for
+
+DAGGER = "\u2020"
+STYLES = ("text", "markdown", "latex", "csv")
+
+
+def cell_text(row: pd.Series, style: str = "text") -> str:
+    """One cell: "mean (std)" with best / significance markers for ``style``."""
+    if row["n"] == 0:
+        return "missing"
+    mean = f"{row['mean']:.{DECIMALS}f}"
+    spread = f"{row['std']:.{DECIMALS}f}" if row["n"] > 1 else "n=1"
+    text = f"{mean} ({spread})"
+    if row["best"]:
+        text = {"markdown": f"**{text}**", "latex": f"\\textbf{{{text}}}"}.get(style, f"*{text}*")
+    if row["significant"]:
+        text += "$^\\dagger$" if style == "latex" else DAGGER
+    return text
+
+
+def _range(values) -> str:
+    values = sorted(set(int(v) for v in values))
+    return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
+def footnote(table: Table) -> list[str]:
+    """Sentences that say what the cells, markers and n mean (plain text, unicode dagger)."""
+    c = table.cells
+    present = c[c["n"] > 0]
+    k = len(table.targets)
+    sel = f" selected by {table.selection} model selection" if table.selection else ""
+    lines = [
+        f"Cells: mean (std) of the test-domain accuracy (%){sel}, over trials (trial_seed).",
+        "std is the sample standard deviation over trials (ddof=1), not the standard error "
+        "that DomainBed's collect_results prints (its +/- is std(ddof=0)/sqrt(n)).",
+    ]
+    if len(present):
+        lines.append(f"n = {_range(present['n'])} trial(s) per cell.")
+    lines.append(f"{AVG}: for each trial seed the mean over the {k} target domains, then "
+                 "mean (std) over the trial seeds that have all of them.")
+    lines.append("*best*: highest mean of the row (to the shown precision; ties all marked; "
+                 "rows with a single result are not marked).")
+    if table.baseline is None:
+        lines.append("No significance test: the baseline is not in this sweep.")
+    elif list(table.algorithms) == [table.baseline]:
+        lines.append(f"No significance test: only the baseline {table.baseline} is in this sweep.")
+    else:
+        tested = c[c["n_pairs"] > 0]
+        pairs = f"n = {_range(tested['n_pairs'])} pair(s) per cell" if len(tested) else \
+            "no cell had a pair"
+        lines.append(
+            f"{DAGGER}: p < {table.alpha:g} in a two-sided paired Wilcoxon signed-rank test "
+            f"against {table.baseline}, a difference in either direction (scipy.stats.wilcoxon, "
+            f"pairs matched by trial_seed, "
+            f"zero differences dropped; {pairs}). With n non-zero differences the smallest "
+            f"possible p is 2/2^n, so n < {min_pairs_for(table.alpha)} can never reach "
+            f"p < {table.alpha:g}.")
+    lines.extend(notes(table))
+    return lines
+
+
+def notes(table: Table) -> list[str]:
+    """Cell notes grouped by text: "Note - note text: ALG (target, ...); ..."."""
+    grouped: "OrderedDict[str, OrderedDict[str, list[str]]]" = OrderedDict()
+    for _, row in table.cells.iterrows():
+        for note in filter(None, row["note"].split("; ")):
+            grouped.setdefault(note, OrderedDict()).setdefault(row["algorithm"], []).append(
+                row["target"])
+    return [f"Note - {note}: " + "; ".join(f"{alg} ({', '.join(ts)})" for alg, ts in where.items())
+            for note, where in grouped.items()]
+
+
+def _grid(table: Table, style: str) -> list[list[str]]:
+    """Header + one row per target (+ Avg) of cell strings."""
+    rows = [["Target"] + list(table.algorithms)]
+    for target in table.targets + [AVG]:
+        rows.append([target] + [cell_text(table.cell(target, a), style) for a in table.algorithms])
+    return rows
+
+
+def title(table: Table) -> str:
+    """One-line caption: dataset and selection method."""
+    sel = f", model selection: {table.selection}" if table.selection else ""
+    return f"Dataset: {table.dataset}{sel}"
+
+
+def to_text(table: Table) -> str:
+    """Fixed-width table for the terminal, with its footnote."""
+    grid = _grid(table, "text")
+    widths = [max(len(r[i]) for r in grid) + 2 for i in range(len(grid[0]))]
+    out = [f"-------- {title(table)}"]
+    for i, row in enumerate(grid):
+        if i == len(grid) - 1:
+            out.append("-" * sum(widths))
+        out.append("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    out.extend(footnote(table))
+    return "\n".join(out) + "\n"
+
+
+def to_markdown(table: Table) -> str:
+    """GitHub-flavoured Markdown table with the footnote as a list below it."""
+    grid = _grid(table, "markdown")
+    md = lambda s: s.replace("|", "\\|")  # noqa: E731
+    out = [f"### {title(table)}", "", "| " + " | ".join(md(c) for c in grid[0]) + " |",
+           "|" + "|".join([":---"] + [":---:"] * (len(grid[0]) - 1)) + "|"]
+    for row in grid[1:]:
+        if row[0] == AVG:
+            row = [f"**{AVG}**"] + row[1:]
+        out.append("| " + " | ".join(md(c) for c in row) + " |")
+    out.append("")
+    out.extend(f"- {line}".replace("*best*", "**bold**") for line in footnote(table))
+    return "\n".join(out) + "\n"
+
+
+_LATEX = [("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("$", "\\$"), ("#", "\\#"),
+          ("_", "\\_"), ("{", "\\{"), ("}", "\\}"), ("~", "\\textasciitilde{}"),
+          ("^", "\\textasciicircum{}"), ("<", "$<$"), (">", "$>$"), (DAGGER, "$^\\dagger$")]
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX special characters in plain text (names, footnote)."""
+    for old, new in _LATEX:
+        text = text.replace(old, new)
+    # "{}" of \textbackslash{} went through the brace escapes above: undo that.
+    return text.replace("\\textbackslash\\{\\}", "\\textbackslash{}")
+
+
+def to_latex(table: Table) -> str:
+    """booktabs ``table`` environment (needs ``\\usepackage{booktabs}``) with the footnote."""
+    grid = _grid(table, "latex")
+    ncol = len(grid[0])
+    out = ["\\begin{table}[t]", "\\centering",
+           f"\\caption{{{latex_escape(title(table))}}}",
+           "\\begin{tabular}{l" + "c" * (ncol - 1) + "}", "\\toprule",
+           " & ".join(latex_escape(c) for c in grid[0]) + " \\\\", "\\midrule"]
+    for row in grid[1:]:
+        if row[0] == AVG:
+            out.append("\\midrule")
+        out.append(" & ".join([latex_escape(row[0])] + row[1:]) + " \\\\")
+    out += ["\\bottomrule", "\\end{tabular}", "",
+            "\\smallskip\\footnotesize",
+            " ".join(latex_escape(s).replace("*best*", "Bold") for s in footnote(table)),
+            "\\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """The table as CSV: Target column then one column per algorithm (text-style cells)."""
+    buf = io.StringIO()
+    grid = _grid(table, "text")
+    pd.DataFrame(grid[1:], columns=grid[0]).to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+def cells_csv(table: Table) -> str:
+    """Long-format CSV of every cell's numbers (mean, std, n, p_value, notes...)."""
+    buf = io.StringIO()
+    table.cells.assign(selection=table.selection).to_csv(buf, index=False, float_format="%.6g")
+    return buf.getvalue()
+
+
+def render(table: Table, style: str) -> str:
+    """Dispatch on ``style`` ('text', 'markdown', 'latex', 'csv')."""
+    return {"text": to_text, "markdown": to_markdown, "latex": to_latex, "csv": to_csv}[style](table)
+
+
+__all__ = ["cell_text", "footnote", "notes", "to_text", "to_markdown", "to_latex", "to_csv",
+           "cells_csv", "render", "latex_escape"]

@@ -1,0 +1,87 @@
+"""Paper-style report of a DomainBed sweep: Table 1 (md/tex/csv/text) and Fig. 3 box plots.
+
+    python -m domainbed_surgery.scripts.report --input_dir SWEEP [--output_dir DIR]
+        [--selection iid loo oracle] [--baseline ERM] [--alpha 0.05] [--no_figures]
+
+Writes ``<dataset>_<selection>.{md,tex,csv}``, ``<dataset>_<selection>_cells.csv``,
+``<dataset>_<selection>_boxplot.{png,pdf}`` and ``per_trial_<selection>.csv`` into
+the output folder (default ``<input_dir>/report``) and prints the tables as text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import report as rep
+from .. import report_format as fmt
+
+FILES = {"markdown": "md", "latex": "tex", "csv": "csv"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The CLI arguments (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--input_dir", required=True, help="DomainBed sweep output folder")
+    p.add_argument("--output_dir", default=None, help="default: <input_dir>/report")
+    p.add_argument("--selection", nargs="+", default=["iid"], choices=sorted(rep.SELECTION_METHODS),
+                   help="model selection: iid = training-domain validation (default), "
+                        "loo = leave-one-domain-out, oracle = test-domain validation")
+    p.add_argument("--baseline", default=rep.DEFAULT_BASELINE,
+                   help="algorithm the Wilcoxon tests compare against (default ERM)")
+    p.add_argument("--alpha", type=float, default=rep.DEFAULT_ALPHA)
+    p.add_argument("--no_figures", action="store_true", help="skip the box plots")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[Path]:
+    """Run the report; return the files written."""
+    args = parse_args(argv)
+    input_dir = Path(args.input_dir)
+    if not input_dir.is_dir():
+        sys.exit(f"error: --input_dir {input_dir} is not a folder")
+    out_dir = Path(args.output_dir) if args.output_dir else input_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = rep.load_records(input_dir)
+    print(f"Total records: {len(records)}")
+    if not len(records):
+        sys.exit(f"error: no results.jsonl records under {input_dir}")
+    incomplete = rep.incomplete_runs(input_dir)
+    if incomplete:
+        print(f"Warning: {len(incomplete)} run folder(s) without a 'done' file (incomplete); "
+              f"their records are used as collect_results does: {', '.join(incomplete[:5])}"
+              + (" ..." if len(incomplete) > 5 else ""))
+    written: list[Path] = []
+    for key in args.selection:
+        method = rep.selection_method(key)
+        per_trial = rep.per_trial_accuracies(records, method)
+        path = out_dir / f"per_trial_{key}.csv"
+        per_trial.assign(selection=method.name).to_csv(path, index=False, float_format="%.6g")
+        written.append(path)
+        if per_trial.empty:
+            print(f"\n-------- model selection: {method.name}\n"
+                  "No cell: no (dataset, algorithm, test env, trial) group has a selectable "
+                  "single-test-env run.")
+            continue
+        for table in rep.tables(per_trial, method.name, args.baseline, args.alpha):
+            print()
+            print(fmt.to_text(table), end="")
+            stem = out_dir / f"{table.dataset}_{key}"
+            for style, ext in FILES.items():
+                path = Path(f"{stem}.{ext}")
+                path.write_text(fmt.render(table, style), encoding="utf-8")
+                written.append(path)
+            path = Path(f"{stem}_cells.csv")
+            path.write_text(fmt.cells_csv(table), encoding="utf-8")
+            written.append(path)
+            if not args.no_figures:
+                from .. import figures  # noqa: PLC0415 - matplotlib only when plotting
+
+                written += figures.save_boxplots(table, Path(f"{stem}_boxplot"))
+    print(f"\nWrote {len(written)} files to {out_dir}")
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""The paper-style report against known answers.
+
+* DomainBed's own ``collect_results`` output for the shared VLCS sample sweep
+  (``../shared/data/domainbed_sweep_sample/results.txt``): same means, n and std/err;
+* a hand-made sweep folder with accuracies picked so that mean, std, Wilcoxon p, the best
+  and significance markers, notes for missing/underpowered cells are known in advance;
+* the CLI end to end on the sample.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from domainbed_surgery import locate
+from domainbed_surgery import report as rep
+from domainbed_surgery import report_format as fmt
+
+SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / \
+    "domainbed_sweep_sample"
+SELECTION_NAMES = {  # DomainBed's SelectionMethod.name -> our key
+    "training-domain validation set": "iid",
+    "leave-one-domain-out cross-validation": "loo",
+    "test-domain validation set (oracle)": "oracle",
+}
+
+
+@pytest.fixture(scope="module")
+def domainbed():
+    """Skip when no DomainBed checkout can be imported."""
+    try:
+        locate.ensure_importable()
+        from domainbed.lib import reporting  # noqa: F401
+    except ImportError as exc:  # DomainBedNotFound is an ImportError
+        pytest.skip(f"DomainBed not importable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def sample(domainbed):
+    """(records, parsed results.txt) of the shared sample sweep, or skip."""
+    if not (SAMPLE / "results.txt").is_file():
+        pytest.skip(f"sample sweep not found at {SAMPLE}")
+    return rep.load_records(SAMPLE), parse_results_txt(SAMPLE / "results.txt")
+
+
+def parse_results_txt(path: Path) -> dict:
+    """{selection key: {algorithm: {column: (mean, err) or avg}}} from collect_results text."""
+    out, key, header = {}, None, None
+    for line in path.read_text().splitlines():
+        m = re.match(r"-------- Dataset: (\S+), model selection method: (.+)$", line)
+        if m:
+            key, header = SELECTION_NAMES[m.group(2)], None
+            out[key] = {}
+            continue
+        if line.startswith("-------- Averages"):
+            key = None
+        if key is None or not line.strip():
+            continue
+        if header is None:
+            header = line.split()[1:]
+            continue
+        alg, rest = line.split(None, 1)
+        vals = re.findall(r"(\d+\.\d)(?: \+/- (\d+\.\d))?", rest)
+        out[key][alg] = {col: (float(m), float(e)) if e else float(m)
+                         for col, (m, e) in zip(header, vals)}
+    return out
+
+
+# --- the DomainBed sample ---------------------------------------------------------------
+@pytest.mark.parametrize("key", ["iid", "loo", "oracle"])
+def test_sample_matches_collect_results(sample, key):
+    records, expected = sample
+    table = rep.summarize(rep.per_trial_accuracies(records, key), "VLCS", key)
+    assert table.targets == ["C", "L", "S", "V"]
+    assert table.algorithms == ["ERM"]
+    want = expected[key]["ERM"]
+    for target in table.targets:
+        cell = table.cell(target, "ERM")
+        mean, err = want[target]
+        assert cell["mean"] == pytest.approx(mean, abs=0.051)
+        # DomainBed's err is std(ddof=0)/sqrt(n); ours is std(ddof=1).
+        n = cell["n"]
+        assert cell["std"] * math.sqrt((n - 1) / n) / math.sqrt(n) == pytest.approx(err, abs=0.051)
+    avg = table.cell("Avg", "ERM")
+    assert avg["mean"] == pytest.approx(want["Avg"], abs=0.051)
+
+
+def test_sample_std_is_domainbed_err_times_sqrt_n_over_n_minus_1(sample):
+    """Exact relation, with DomainBed's own format_mean on our per-trial values."""
+    from domainbed.scripts.collect_results import format_mean
+
+    records, _ = sample
+    pt = rep.per_trial_accuracies(records, "iid")
+    table = rep.summarize(pt, "VLCS", "iid")
+    for target in table.targets:
+        accs = pt[pt["target"] == target]["acc"].to_numpy() / 100
+        _, err, _ = format_mean(accs, latex=False)
+        n = len(accs)
+        assert table.cell(target, "ERM")["std"] == pytest.approx(err * n / math.sqrt(n - 1))
+
+
+def test_sample_n_per_cell_is_trial_seeds_with_a_single_test_env_run(sample):
+    records, _ = sample
+    table = rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS")
+    for env, target in enumerate(table.targets):
+        seeds = {r["args"]["trial_seed"] for r in records if r["args"]["test_envs"] == [env]}
+        assert len(seeds) >= 2
+        assert table.cell(target, "ERM")["n"] == len(seeds)
+        assert table.cell(target, "ERM")["trials"] == ",".join(map(str, sorted(seeds)))
+
+
+# --- a hand-made sweep -------------------------------------------------------------------
+ERM_C = [0.80, 0.81, 0.82, 0.83, 0.84, 0.85]
+AGR_C = [e + d for e, d in zip(ERM_C, [0.01, 0.02, 0.03, 0.04, 0.05, 0.06])]  # all better
+ERM_L = [0.60, 0.62, 0.61, 0.63, 0.64, 0.65]
+AGR_L = [e + d for e, d in zip(ERM_L, [0.02, -0.01, 0.03, -0.04, 0.05, -0.06])]  # mixed
+ERM_S = [0.70] * 6
+AGR_S = [0.69, 0.68, 0.69, 0.68, 0.69, 0.68]
+ERM_V = [0.75, 0.76, 0.77, 0.78, 0.79, 0.80]
+AGR_V = [0.74, 0.75, 0.76, 0.77, 0.78, 0.79]
+HAND = {  # algorithm -> env -> per-trial test accuracies (list index = trial seed)
+    "ERM": {0: ERM_C, 1: ERM_L, 2: ERM_S, 3: ERM_V},
+    "AgrSum": {0: AGR_C, 1: AGR_L, 2: AGR_S, 3: AGR_V},
+    # only trials 0-2 and never target V: n=3 cells, a missing cell, a missing Avg
+    "PCGrad": {0: [a + 0.02 for a in ERM_C[:3]], 1: [a - 0.01 for a in ERM_L[:3]], 2: [0.71, 0.72, 0.73]},
+}
+
+
+def _record(alg, test_envs, trial, hseed, step, test_acc, val_acc):
+    accs = {}
+    for e in range(4):
+        accs[f"env{e}_in_acc"] = test_acc if e in test_envs else 0.5
+        accs[f"env{e}_out_acc"] = 0.0 if e in test_envs else val_acc
+    return {"args": {"dataset": "VLCS", "algorithm": alg, "test_envs": list(test_envs),
+                     "trial_seed": trial, "hparams_seed": hseed, "holdout_fraction": 0.2,
+                     "seed": 1000 * trial + hseed, "task": "domain_generalization"},
+            "step": step, "epoch": step / 100, "hparams": {"lr": 1e-4, "batch_size": 32},
+            **accs}
+
+
+def write_sweep(root: Path) -> Path:
+    """A DomainBed-style sweep folder: one sub-folder per run with results.jsonl and done.
+
+    Each run has a bad early checkpoint (low val acc, test acc 0) and a good one that
+    training-domain validation must pick; a second hparams seed has worse val acc; a
+    two-test-env run with huge val acc must not feed the table.
+    """
+    for alg, envs in HAND.items():
+        for env, accs in envs.items():
+            for trial, acc in enumerate(accs):
+                for hseed, (val, test) in enumerate([(0.9, acc), (0.8, 0.01)]):
+                    run = root / f"{alg}_{env}_{trial}_{hseed}"
+                    run.mkdir(parents=True)
+                    lines = [_record(alg, [env], trial, hseed, 0, 0.0, 0.1),
+                             _record(alg, [env], trial, hseed, 100, test, val)]
+                    (run / "results.jsonl").write_text(
+                        "".join(json.dumps(r) + "\n" for r in lines))
+                    (run / "done").write_text("done")
+    run = root / "two_test_envs"
+    run.mkdir()
+    (run / "results.jsonl").write_text(json.dumps(
+        _record("ERM", [0, 1], 0, 7, 100, 0.0, 0.99)) + "\n")
+    (root / "not_a_run.txt").write_text("ignored")
+    return root
+
+
+@pytest.fixture(scope="module")
+def hand(domainbed, tmp_path_factory):
+    root = write_sweep(tmp_path_factory.mktemp("sweep"))
+    pt = rep.per_trial_accuracies(rep.load_records(root), "iid")
+    return root, pt, rep.summarize(pt, "VLCS", "training-domain validation set")
+
+
+def test_hand_per_trial_values_are_the_selected_checkpoints(hand):
+    _, pt, _ = hand
+    assert len(pt) == 6 * 4 * 2 + 3 * 3
+    for alg, envs in HAND.items():
+        for env, accs in envs.items():
+            got = pt[(pt["algorithm"] == alg) & (pt["test_env"] == env)].sort_values("trial_seed")
+            assert got["trial_seed"].tolist() == list(range(len(accs)))
+            np.testing.assert_allclose(got["acc"], [100 * a for a in accs])
+
+
+def test_hand_mean_std_n(hand):
+    _, _, t = hand
+    assert t.algorithms == ["ERM", "AgrSum", "PCGrad"]
+    assert t.targets == ["C", "L", "S", "V"]
+    c = t.cell("C", "AgrSum")
+    assert c["mean"] == pytest.approx(86.0)
+    assert c["std"] == pytest.approx(2 * math.sqrt(3.5))  # 81,83,...,91: step 2, ddof=1
+    assert c["n"] == 6
+    assert t.cell("C", "ERM")["std"] == pytest.approx(math.sqrt(3.5))
+    assert t.cell("S", "ERM")["std"] == pytest.approx(0.0)
+    assert t.cell("C", "PCGrad")["n"] == 3
+    # Avg: per trial seed the mean of the 4 domains, then mean/std over seeds
+    per_seed = np.mean([ERM_C, ERM_L, ERM_S, ERM_V], axis=0) * 100
+    avg = t.cell("Avg", "ERM")
+    assert avg["mean"] == pytest.approx(per_seed.mean())
+    assert avg["std"] == pytest.approx(per_seed.std(ddof=1))
+    assert avg["n"] == 6
+
+
+def test_hand_wilcoxon_matches_scipy_on_the_hand_pairs(hand):
+    _, _, t = hand
+    for target, a, b in [("C", AGR_C, ERM_C), ("L", AGR_L, ERM_L), ("V", AGR_V, ERM_V)]:
+        cell = t.cell(target, "AgrSum")
+        expected = stats.wilcoxon(np.array(a) * 100, np.array(b) * 100).pvalue
+        assert cell["p_value"] == pytest.approx(expected)
+        assert cell["n_pairs"] == 6
+    assert t.cell("C", "AgrSum")["p_value"] == pytest.approx(2 / 2 ** 6)  # all 6 better
+    assert t.cell("C", "AgrSum")["significant"]
+    assert not t.cell("L", "AgrSum")["significant"]
+    assert t.cell("V", "AgrSum")["significant"]  # all 6 worse: significant, not best
+    assert math.isnan(t.cell("C", "ERM")["p_value"])  # no test of the baseline itself
+
+
+def test_hand_best_cells(hand):
+    _, _, t = hand
+    best = t.cells[t.cells["best"]].set_index("target")["algorithm"].to_dict()
+    # Avg: ERM (82.5 + 62.5 + 70 + 77.5) / 4 = 73.125; AgrSum adds (3.5 - 1/6 - 1.5 - 1) / 4
+    assert best == {"C": "AgrSum", "L": "ERM", "S": "PCGrad", "V": "ERM", "Avg": "AgrSum"}
+    assert t.cell("Avg", "ERM")["mean"] == pytest.approx(73.125)
+    assert t.cell("Avg", "AgrSum")["mean"] == pytest.approx(73.125 + (3.5 - 1 / 6 - 2.5) / 4)
+
+
+def test_hand_cell_text_markers(hand):
+    _, _, t = hand
+    assert fmt.cell_text(t.cell("C", "AgrSum"), "text") == "*86.0 (3.7)*\u2020"
+    assert fmt.cell_text(t.cell("C", "AgrSum"), "markdown") == "**86.0 (3.7)**\u2020"
+    assert fmt.cell_text(t.cell("C", "AgrSum"), "latex") == "\\textbf{86.0 (3.7)}$^\\dagger$"
+    assert fmt.cell_text(t.cell("V", "AgrSum"), "text") == "76.5 (1.9)\u2020"
+    assert fmt.cell_text(t.cell("C", "ERM"), "text") == "82.5 (1.9)"
+    assert fmt.cell_text(t.cell("V", "PCGrad"), "text") == "missing"
+
+
+def test_hand_notes_say_why(hand):
+    _, _, t = hand
+    assert t.cell("C", "PCGrad")["note"] == \
+        "n=3: too few pairs for p<0.05; 3 unpaired trial(s) left out"
+    assert t.cell("V", "PCGrad")["note"].startswith("missing: no selectable")
+    assert t.cell("Avg", "PCGrad")["note"].startswith(
+        "missing: no trial seed has a result for every target domain")
+    assert t.cell("C", "AgrSum")["note"] == ""
+    text = fmt.to_text(t)
+    assert "Note - n=3: too few pairs for p<0.05; 3 unpaired trial(s) left out" not in text
+    assert "Note - n=3: too few pairs for p<0.05: PCGrad (C, L, S)" in text
+    assert "Note - 3 unpaired trial(s) left out: PCGrad (C, L, S)" in text
+    assert "Note - missing: no selectable single-test-env run in the sweep: PCGrad (V)" in text
+    assert " X " not in text and not re.search(r"\bnan\b", text)
+
+
+def test_hand_footnote(hand):
+    _, _, t = hand
+    foot = " ".join(fmt.footnote(t))
+    assert "sample standard deviation over trials (ddof=1)" in foot
+    assert "standard error" in foot
+    assert "paired Wilcoxon signed-rank test against ERM" in foot
+    assert "pairs matched by trial_seed" in foot
+    assert "n = 3-6 trial(s) per cell" in foot
+    assert "n = 3-6 pair(s) per cell" in foot
+    assert "n < 6 can never reach p < 0.05" in foot
+    assert "for each trial seed the mean over the 4 target domains" in foot
+
+
+def test_hand_formats(hand):
+    _, _, t = hand
+    md = fmt.to_markdown(t)
+    assert "| Target | ERM | AgrSum | PCGrad |" in md
+    assert "| C | 82.5 (1.9) | **86.0 (3.7)**\u2020 | 83.0 (1.0) |" in md
+    tex = fmt.to_latex(t)
+    assert "C & 82.5 (1.9) & \\textbf{86.0 (3.7)}$^\\dagger$ & 83.0 (1.0) \\\\" in tex
+    assert "\\begin{tabular}{lccc}" in tex and "trial\\_seed" in tex
+    csv = fmt.to_csv(t).splitlines()
+    assert csv[0] == "Target,ERM,AgrSum,PCGrad"
+    assert csv[4] == "V,*77.5 (1.9)*,76.5 (1.9)\u2020,missing"
+
+
+def test_no_baseline_says_so(hand):
+    _, pt, _ = hand
+    t = rep.summarize(pt[pt["algorithm"] != "ERM"], "VLCS", baseline="ERM")
+    assert t.baseline is None and not t.cells["significant"].any()
+    assert "no test: baseline ERM not in the sweep" in t.cell("C", "AgrSum")["note"]
+    assert "No significance test" in " ".join(fmt.footnote(t))
+
+
+@pytest.mark.parametrize("n,p_reachable", [(5, False), (6, True)])
+def test_min_pairs_boundary(n, p_reachable):
+    import pandas as pd
+
+    a = pd.Series(np.arange(n) + 10.0)
+    b = pd.Series(np.zeros(n))
+    test = rep.wilcoxon_vs_baseline(a, b)
+    assert test.p_value == pytest.approx(2 / 2 ** n)
+    assert (test.p_value < 0.05) == p_reachable
+    assert ("too few pairs" in test.note) != p_reachable
+    assert rep.min_pairs_for(0.05) == 6
+
+
+def test_identical_to_baseline_is_explained():
+    import pandas as pd
+
+    s = pd.Series([1.0, 2.0, 3.0])
+    test = rep.wilcoxon_vs_baseline(s, s)
+    assert test.p_value == 1.0 and test.note == "n=3: identical to the baseline on every pair"
+
+
+def test_hand_cli_writes_all_files(hand, tmp_path, capsys):
+    from domainbed_surgery.scripts import report as cli
+
+    root, _, _ = hand
+    written = cli.main(["--input_dir", str(root), "--output_dir", str(tmp_path)])
+    names = {p.name for p in written}
+    assert {"VLCS_iid.md", "VLCS_iid.tex", "VLCS_iid.csv", "VLCS_iid_cells.csv",
+            "VLCS_iid_boxplot.png", "VLCS_iid_boxplot.pdf", "per_trial_iid.csv"} <= names
+    for p in written:
+        assert p.parent == tmp_path and p.stat().st_size > 0
+    assert (tmp_path / "VLCS_iid_boxplot.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "VLCS_iid_boxplot.pdf").read_bytes()[:4] == b"%PDF"
+    out = capsys.readouterr().out
+    assert "*86.0 (3.7)*\u2020" in out
+    assert "Warning: 1 run folder(s) without a 'done' file (incomplete)" in out
+    assert "two_test_envs" in out
+
+
+# --- the CLI on the sample ------------------------------------------------------------------
+def test_cli_on_sample(sample, tmp_path, capsys):
+    from domainbed_surgery.scripts import report as cli
+
+    _, expected = sample
+    cli.main(["--input_dir", str(SAMPLE), "--output_dir", str(tmp_path),
+              "--selection", "iid", "oracle", "--no_figures"])
+    out = capsys.readouterr().out
+    assert "Total records: 200" in out
+    assert "Warning" not in out  # every sample run has its done file
+    assert "model selection: training-domain validation set" in out
+    assert "model selection: test-domain validation set (oracle)" in out
+    rows = dict(line.split(",", 1) for line in
+                (tmp_path / "VLCS_iid.csv").read_text().splitlines()[1:])
+    for target, (mean, _) in [(k, v) for k, v in expected["iid"]["ERM"].items() if k != "Avg"]:
+        assert rows[target].startswith(f"{mean:.1f} (")  # one algorithm: no best mark
+    assert (tmp_path / "VLCS_oracle.md").is_file()
+    assert not (tmp_path / "VLCS_iid_boxplot.png").exists()
