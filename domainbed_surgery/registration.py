@@ -98,12 +98,33 @@ def _featurizer_with_backbones(domainbed_featurizer):
     return Featurizer
 
 
+def register_launchers(module: ModuleType, strict: bool = True) -> None:
+    """Add ``parallel`` and ``slurm`` to ``domainbed.command_launchers.REGISTRY``.
+
+    Idempotent; an entry someone else put under one of these names is kept
+    (``strict`` raises :class:`RegistrationConflict`, otherwise a warning).
+    """
+    from .launchers import LAUNCHERS  # noqa: PLC0415 - light: no torch at import
+
+    for name, fn in LAUNCHERS.items():
+        existing = module.REGISTRY.get(name)
+        if existing is not None and not _ours(existing):
+            message = (f"{module.__name__}.REGISTRY[{name!r}] already exists ({existing!r}); "
+                       f"domainbed_surgery does not replace it")
+            if strict:
+                raise RegistrationConflict(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            continue
+        module.REGISTRY[name] = fn
+
+
 #: DomainBed module -> our step, in import order.
 STEPS = {
     "domainbed.networks": patch_networks,
     "domainbed.algorithms": register_algorithms,
     "domainbed.hparams_registry": patch_hparams_registry,
     "domainbed.datasets": register_datasets,
+    "domainbed.command_launchers": register_launchers,
 }
 
 
@@ -140,4 +161,9 @@ def registered() -> dict[str, list[str]]:
         "datasets": names("domainbed.datasets", "DATASETS"),
         "hparams": [hp.name for hp in COMMON] if registry and _ours(registry._hparams) else [],
         "backbones": backbones,
+        "launchers": _our_launchers(modules["domainbed.command_launchers"]),
     }
+
+
+def _our_launchers(module) -> list[str]:
+    return [] if module is None else [n for n, fn in module.REGISTRY.items() if _ours(fn)]
