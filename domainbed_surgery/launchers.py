@@ -252,8 +252,8 @@ def parallel_launcher(commands: Sequence[str], *, poll_s: float = 0.1,
                     n_done += 1
                 else:
                     n_failed += 1
-                bar.update(1)
                 bar.set_postfix(done=n_done, failed=n_failed, refresh=False)
+                bar.update(1)
             time.sleep(poll_s)
     except KeyboardInterrupt:
         bar.close()
