@@ -98,12 +98,73 @@ def _featurizer_with_backbones(domainbed_featurizer):
     return Featurizer
 
 
+def register_launchers(module: ModuleType, strict: bool = True) -> None:
+    """Add ``parallel`` and ``slurm`` to ``domainbed.command_launchers.REGISTRY``.
+
+    Idempotent; an entry someone else put under one of these names is kept
+    (``strict`` raises :class:`RegistrationConflict`, otherwise a warning).
+    """
+    from .launchers import LAUNCHERS  # noqa: PLC0415 - light: no torch at import
+
+    for name, fn in LAUNCHERS.items():
+        existing = module.REGISTRY.get(name)
+        if existing is not None and not _ours(existing):
+            message = (f"{module.__name__}.REGISTRY[{name!r}] already exists ({existing!r}); "
+                       f"domainbed_surgery does not replace it")
+            if strict:
+                raise RegistrationConflict(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            continue
+        module.REGISTRY[name] = fn
+
+
+#: The one deliberate exception to "never replace": DomainBed algorithm name ->
+#: (our module, our class, where DomainBed's original stays reachable). DomainBed's
+#: Fishr needs BackPACK, which fails with current torch; ours is numerically equal.
+REPLACES = {"Fishr": ("domainbed_surgery.fishr", "Fishr", "Fishr_BackPACK")}
+#: Set to 1 to keep DomainBed's own (BackPACK) Fishr.
+KEEP_BACKPACK_FISHR = "DOMAINBED_SURGERY_KEEP_BACKPACK_FISHR"
+
+
+def replace_algorithms(module: ModuleType, strict: bool = True) -> None:
+    """Put our classes at the names in :data:`REPLACES`, keeping DomainBed's originals.
+
+    Only DomainBed's own class is replaced (one defined in ``domainbed.algorithms``);
+    anything else found there is a conflict, as for :func:`_add`.
+    """
+    import os  # noqa: PLC0415
+
+    if os.environ.get(KEEP_BACKPACK_FISHR, "").strip().lower() in ("1", "true", "yes", "on"):
+        return
+    for name, (our_module, our_name, keep_as) in REPLACES.items():
+        ours = getattr(importlib.import_module(our_module), our_name)
+        current = getattr(module, name, None)
+        if current is ours:
+            continue
+        if current is None or getattr(current, "__module__", None) != module.__name__:
+            message = (f"{module.__name__}.{name} is {current!r}, not DomainBed's own; "
+                       f"domainbed_surgery does not replace it")
+            if strict:
+                raise RegistrationConflict(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            continue
+        ours.original = current
+        setattr(module, keep_as, current)
+        setattr(module, name, ours)
+
+
+def _algorithms_step(module: ModuleType, strict: bool = True) -> None:
+    register_algorithms(module, strict)
+    replace_algorithms(module, strict)
+
+
 #: DomainBed module -> our step, in import order.
 STEPS = {
     "domainbed.networks": patch_networks,
-    "domainbed.algorithms": register_algorithms,
+    "domainbed.algorithms": _algorithms_step,
     "domainbed.hparams_registry": patch_hparams_registry,
     "domainbed.datasets": register_datasets,
+    "domainbed.command_launchers": register_launchers,
 }
 
 
@@ -140,4 +201,9 @@ def registered() -> dict[str, list[str]]:
         "datasets": names("domainbed.datasets", "DATASETS"),
         "hparams": [hp.name for hp in COMMON] if registry and _ours(registry._hparams) else [],
         "backbones": backbones,
+        "launchers": _our_launchers(modules["domainbed.command_launchers"]),
     }
+
+
+def _our_launchers(module) -> list[str]:
+    return [] if module is None else [n for n, fn in module.REGISTRY.items() if _ours(fn)]

@@ -1,0 +1,381 @@
+"""Command launchers for DomainBed's sweep: ``parallel`` (one machine) and ``slurm`` (submitit).
+
+DomainBed's ``sweep.py`` hands a launcher the list of shell commands
+(``python -m domainbed.scripts.train ... --output_dir DIR``) and knows nothing else
+about it; its CLI has no place for launcher options, so they come from environment
+variables. Both launchers are added to ``domainbed.command_launchers.REGISTRY`` by
+:mod:`.registration`, so ``sweep launch --command_launcher parallel`` just works.
+
+Neither launcher writes DomainBed's ``done`` file or deletes anything: a job that
+fails or is interrupted stays *Incomplete* for ``sweep.py``, so
+``sweep delete_incomplete`` followed by ``sweep launch`` resumes a sweep.
+
+``parallel`` -- run the commands concurrently on this machine
+---------------------------------------------------------------
+``DOMAINBED_PARALLEL_GPUS``
+    Comma-separated GPU ids to use. Default: ``CUDA_VISIBLE_DEVICES`` if set, else
+    every GPU torch sees. ``none`` (or an empty value) forces CPU mode.
+``DOMAINBED_PARALLEL_PER_GPU``
+    Jobs sharing each GPU at once (default 1). Each job gets ``CUDA_VISIBLE_DEVICES``
+    set to its GPU.
+``DOMAINBED_PARALLEL_JOBS``
+    CPU mode: jobs at once. Default ``max(1, cores // 2)``: DomainBed's small CPU
+    models gain little beyond ~2 threads each, and every job holds its own copy of
+    the dataset, so two threads per job is a throughput/memory compromise.
+``DOMAINBED_PARALLEL_THREADS``
+    Threads per job (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS``). Default ``max(1, cores // jobs at once)`` so the jobs
+    do not oversubscribe the cores ("cores" = CPUs this process may run on).
+``DOMAINBED_PARALLEL_LOG_DIR``
+    Where a job's own stdout+stderr go when its command has no ``--output_dir``
+    (default: a fresh temporary folder). With ``--output_dir DIR`` they go to
+    ``DIR/launcher.txt`` (DomainBed's train.py also tees to ``DIR/out.txt``/``err.txt``).
+
+It shows a tqdm bar with done/failed counts; a failed job does not stop the
+others, and failures are listed at the end (command, exit code, ``err.txt``).
+Ctrl-C terminates the running jobs' process groups (SIGTERM, then SIGKILL after
+``DOMAINBED_PARALLEL_KILL_GRACE`` seconds, default 5) and re-raises
+``KeyboardInterrupt``.
+
+``slurm`` -- submit the commands as a Slurm job array with submitit
+----------------------------------------------------------------------
+``DOMAINBED_SLURM_PARTITION`` (default: the cluster's default partition),
+``DOMAINBED_SLURM_TIME`` (minutes, default 1440), ``DOMAINBED_SLURM_GPUS``
+(per job, default 1), ``DOMAINBED_SLURM_CPUS`` (per job, default 4),
+``DOMAINBED_SLURM_MEM_GB`` (default 32), ``DOMAINBED_SLURM_ARRAY_PARALLELISM``
+(array tasks running at once, default 256), ``DOMAINBED_SLURM_LOG_DIR``
+(submitit's folder, default ``./submitit_logs``), ``DOMAINBED_SLURM_CLUSTER``
+(submitit's ``cluster``: unset = auto-detect Slurm, ``local`` = run the jobs here
+as subprocesses, ``debug`` = in this process; used by the tests),
+``DOMAINBED_SLURM_WAIT`` (``1``: block until all jobs end and list failures;
+default ``1`` for ``local``/``debug``, ``0`` for Slurm, where the launcher returns
+after submission and prints the job ids).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+ENV_PREFIX_PARALLEL = "DOMAINBED_PARALLEL_"
+ENV_PREFIX_SLURM = "DOMAINBED_SLURM_"
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+# -- helpers -------------------------------------------------------------------------
+def _env(name: str, default: Optional[str] = None) -> Optional[str]:
+    value = os.environ.get(name)
+    return default if value is None else value.strip()
+
+
+def _env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = _env(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def available_cores() -> int:
+    """CPUs this process may run on (respects affinity / cgroup cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def output_dir_of(command: str) -> Optional[str]:
+    """The ``--output_dir`` of a DomainBed train command, or None."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    for i, word in enumerate(words):
+        if word == "--output_dir" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--output_dir="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def _gpu_ids() -> list[str]:
+    raw = _env(ENV_PREFIX_PARALLEL + "GPUS")
+    if raw is None:
+        raw = _env("CUDA_VISIBLE_DEVICES")
+        if raw is None:
+            try:
+                import torch  # noqa: PLC0415 - only to count GPUs; does not init CUDA
+
+                return [str(i) for i in range(torch.cuda.device_count())]
+            except ImportError:
+                return []
+    if raw.lower() == "none":
+        return []
+    return [g.strip() for g in raw.split(",") if g.strip() not in ("", "-1")]
+
+
+@dataclass
+class JobResult:
+    """What became of one command (returned by the launchers, also for tests)."""
+
+    index: int
+    command: str
+    returncode: Optional[int] = None  # None: did not finish (interrupted / not started)
+    log: Optional[str] = None
+    seconds: float = 0.0
+    env: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def err_txt(self) -> Optional[str]:
+        out = output_dir_of(self.command)
+        return None if out is None else os.path.join(out, "err.txt")
+
+
+# -- parallel ------------------------------------------------------------------------
+@dataclass
+class ParallelPlan:
+    """The slots (one per concurrently running job) and per-job extra environment."""
+
+    slots: list[dict]  # each: env vars for a job running in that slot
+    threads: int
+    gpus: list[str]
+
+    @classmethod
+    def from_env(cls) -> "ParallelPlan":
+        cores = available_cores()
+        gpus = _gpu_ids()
+        if gpus:
+            per_gpu = _env_int(ENV_PREFIX_PARALLEL + "PER_GPU", 1, minimum=1)
+            slots = [{"CUDA_VISIBLE_DEVICES": g} for _ in range(per_gpu) for g in gpus]
+        else:
+            jobs = _env_int(ENV_PREFIX_PARALLEL + "JOBS", max(1, cores // 2), minimum=1)
+            slots = [{} for _ in range(jobs)]
+        threads = _env_int(ENV_PREFIX_PARALLEL + "THREADS", max(1, cores // len(slots)),
+                           minimum=1)
+        for slot in slots:
+            slot.update({var: str(threads) for var in THREAD_VARS})
+        return cls(slots=slots, threads=threads, gpus=gpus)
+
+
+def _kill_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM the job's process group, SIGKILL it if it outlives ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=wait)
+            # the shell is gone; make sure nothing else of its group survives it
+            os.killpg(proc.pid, signal.SIGKILL)
+        except subprocess.TimeoutExpired:
+            continue
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+
+
+def parallel_launcher(commands: Sequence[str], *, poll_s: float = 0.1,
+                      progress: bool = True) -> list[JobResult]:
+    """Run ``commands`` concurrently on this machine (see the module docstring).
+
+    Each command runs with ``shell=True`` in its own session/process group, so
+    Ctrl-C reaches only the launcher, which then terminates every running job's
+    group and re-raises ``KeyboardInterrupt``. Returns one :class:`JobResult` per
+    command, in the given order.
+    """
+    import tqdm  # noqa: PLC0415 - DomainBed's sweep needs it anyway
+
+    commands = list(commands)
+    plan = ParallelPlan.from_env()
+    grace = float(_env(ENV_PREFIX_PARALLEL + "KILL_GRACE", "5"))
+    log_dir_env = _env(ENV_PREFIX_PARALLEL + "LOG_DIR")
+    log_dir: Optional[Path] = Path(log_dir_env) if log_dir_env else None
+
+    results = [JobResult(i, c) for i, c in enumerate(commands)]
+    pending = deque(range(len(commands)))
+    free = list(range(len(plan.slots)))
+    running: dict[int, tuple[subprocess.Popen, int, float, object]] = {}
+    n_done = n_failed = 0
+    where = (f"GPUs {','.join(plan.gpus)} x{len(plan.slots) // len(plan.gpus)}" if plan.gpus
+             else f"CPU, {len(plan.slots)} at once")
+    bar = tqdm.tqdm(total=len(commands), desc=f"parallel ({where}, {plan.threads} threads)",
+                    disable=not progress, file=sys.stderr)
+
+    def log_path(i: int) -> Path:
+        nonlocal log_dir
+        out = output_dir_of(commands[i])
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            return Path(out) / "launcher.txt"
+        if log_dir is None:
+            log_dir = Path(tempfile.mkdtemp(prefix="domainbed_parallel_"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        return log_dir / f"job{i:05d}.txt"
+
+    try:
+        while pending or running:
+            while pending and free:
+                i, slot = pending.popleft(), free.pop(0)
+                env = {**os.environ, **plan.slots[slot]}
+                path = log_path(i)
+                log = open(path, "ab")  # noqa: SIM115 - closed when the job ends
+                proc = subprocess.Popen(commands[i], shell=True, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+                results[i].log, results[i].env = str(path), dict(plan.slots[slot])
+                running[i] = (proc, slot, time.monotonic(), log)
+            for i in [i for i, (p, *_) in running.items() if p.poll() is not None]:
+                proc, slot, start, log = running.pop(i)
+                log.close()
+                free.append(slot)
+                results[i].returncode, results[i].seconds = proc.returncode, time.monotonic() - start
+                if proc.returncode == 0:
+                    n_done += 1
+                else:
+                    n_failed += 1
+                bar.set_postfix(done=n_done, failed=n_failed, refresh=False)
+                bar.update(1)
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\nparallel launcher: interrupted; terminating {len(running)} running job(s). "
+              "Nothing was marked done or deleted: run `sweep delete_incomplete` and "
+              "`sweep launch` again to resume.", file=sys.stderr)
+        for proc, *_ in running.values():
+            _kill_group(proc, grace)
+        for _, _, _, log in running.values():
+            log.close()
+        raise
+    bar.close()
+    _report(results)
+    return results
+
+
+def _report(results: list[JobResult]) -> None:
+    failed = [r for r in results if r.returncode not in (0, None)]
+    ok = sum(r.ok for r in results)
+    print(f"parallel launcher: {ok} succeeded, {len(failed)} failed.", file=sys.stderr)
+    for r in failed:
+        print(f"  FAILED (exit code {r.returncode}): {r.command}\n"
+              f"    err.txt: {r.err_txt or '-'}\n    launcher log: {r.log}", file=sys.stderr)
+
+
+# -- slurm (submitit) ------------------------------------------------------------------
+class ShellCommand:
+    """A picklable job body: run one shell command; raise if it exits non-zero.
+
+    Lighter than ``submitit.helpers.CommandFunction``, which keeps the whole stdout
+    in memory and pickles it back as the result; DomainBed's train.py already writes
+    its own ``out.txt``/``err.txt``, and submitit keeps the job's stdout/stderr logs.
+    """
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __call__(self) -> int:
+        code = subprocess.call(self.command, shell=True)
+        if code != 0:
+            raise subprocess.CalledProcessError(code, self.command)
+        return code
+
+    def __repr__(self) -> str:
+        return f"ShellCommand({self.command!r})"
+
+
+def slurm_parameters() -> dict:
+    """submitit ``update_parameters`` keywords from the ``DOMAINBED_SLURM_*`` variables."""
+    params = {
+        "name": "domainbed",
+        "timeout_min": _env_int(ENV_PREFIX_SLURM + "TIME", 24 * 60, minimum=1),
+        "gpus_per_node": _env_int(ENV_PREFIX_SLURM + "GPUS", 1),
+        "cpus_per_task": _env_int(ENV_PREFIX_SLURM + "CPUS", 4, minimum=1),
+        "mem_gb": _env_int(ENV_PREFIX_SLURM + "MEM_GB", 32, minimum=1),
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "slurm_array_parallelism": _env_int(ENV_PREFIX_SLURM + "ARRAY_PARALLELISM", 256,
+                                            minimum=1),
+    }
+    partition = _env(ENV_PREFIX_SLURM + "PARTITION")
+    if partition:
+        params["slurm_partition"] = partition
+    return params
+
+
+def slurm_launcher(commands: Sequence[str], *, cluster: Optional[str] = None,
+                   wait: Optional[bool] = None,
+                   executor_factory: Optional[Callable[..., object]] = None) -> list:
+    """Submit ``commands`` as one submitit job array (see the module docstring).
+
+    ``cluster`` (default ``DOMAINBED_SLURM_CLUSTER``) is submitit's: None = Slurm if
+    available, ``"local"`` or ``"debug"`` to run here. ``executor_factory(folder=...,
+    cluster=...)`` replaces ``submitit.AutoExecutor`` (for tests or custom clusters).
+    Returns the submitit jobs, in command order; with ``wait`` it blocks until they
+    end and prints the failures.
+    """
+    import submitit  # noqa: PLC0415 - optional dependency, only for this launcher
+
+    commands = list(commands)
+    if cluster is None:
+        cluster = _env(ENV_PREFIX_SLURM + "CLUSTER") or None
+    if wait is None:
+        default_wait = "1" if cluster in ("local", "debug") else "0"
+        wait = _env(ENV_PREFIX_SLURM + "WAIT", default_wait) not in ("0", "false", "no", "")
+    folder = Path(_env(ENV_PREFIX_SLURM + "LOG_DIR") or "submitit_logs") / "%j"
+    factory = executor_factory or submitit.AutoExecutor
+    executor = factory(folder=folder, cluster=cluster)
+    executor.update_parameters(**slurm_parameters())
+    if not commands:
+        return []
+    with executor.batch():
+        jobs = [executor.submit(ShellCommand(c)) for c in commands]
+    ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
+    print(f"slurm launcher: submitted {len(jobs)} job(s) ({', '.join(ids)}); "
+          f"logs in {folder.parent}", file=sys.stderr)
+    if wait:
+        failed = []
+        for command, job in zip(commands, jobs):
+            try:
+                job.result()
+            except Exception as exc:  # noqa: BLE001 - report every failure, stop none
+                failed.append((command, job, exc))
+        print(f"slurm launcher: {len(jobs) - len(failed)} succeeded, {len(failed)} failed.",
+              file=sys.stderr)
+        for command, job, exc in failed:
+            out = output_dir_of(command)
+            print(f"  FAILED job {job.job_id}: {command}\n"
+                  f"    err.txt: {os.path.join(out, 'err.txt') if out else '-'}\n"
+                  f"    submitit log: {job.paths.stderr}\n"
+                  f"    {_reason(exc)}", file=sys.stderr)
+    return jobs
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of a submitit failure (its text is the job's whole traceback)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "exit status" in line or "Error" in line:
+            return line
+    return lines[-1] if lines else repr(exc)
+
+
+#: Launchers we add to ``domainbed.command_launchers.REGISTRY``.
+LAUNCHERS = {"parallel": parallel_launcher, "slurm": slurm_launcher}

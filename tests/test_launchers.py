@@ -1,0 +1,223 @@
+"""The ``parallel`` and ``slurm`` launchers, and their registration into DomainBed."""
+
+import _thread
+import json
+import os
+import shlex
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import domainbed_surgery
+from domainbed_surgery import launchers
+from domainbed_surgery.registration import RegistrationConflict, register_launchers
+
+PY = shlex.quote(sys.executable)
+
+
+@pytest.fixture
+def cpu_env(monkeypatch):
+    """CPU mode, 2 jobs at once, whatever machine the tests run on."""
+    monkeypatch.setenv("DOMAINBED_PARALLEL_GPUS", "none")
+    monkeypatch.setenv("DOMAINBED_PARALLEL_JOBS", "2")
+    monkeypatch.delenv("DOMAINBED_PARALLEL_THREADS", raising=False)
+    monkeypatch.delenv("DOMAINBED_PARALLEL_PER_GPU", raising=False)
+
+
+def record(path: Path, sleep: float = 0.0, code: int = 0) -> str:
+    """A shell command writing start/end times and its thread env vars to ``path``."""
+    script = (
+        "import json, os, sys, time; t0 = time.time(); time.sleep(%r); "
+        "json.dump({'start': t0, 'end': time.time(), "
+        "'omp': os.environ.get('OMP_NUM_THREADS'), 'mkl': os.environ.get('MKL_NUM_THREADS'), "
+        "'cuda': os.environ.get('CUDA_VISIBLE_DEVICES')}, open(%r, 'w')); sys.exit(%d)"
+        % (sleep, str(path), code))
+    return f"{PY} -c {shlex.quote(script)}"
+
+
+def test_output_dir_parsing():
+    cmd = "python -m domainbed.scripts.train --algorithm ERM --output_dir '/a b/c' --seed 0"
+    assert launchers.output_dir_of(cmd) == "/a b/c"
+    assert launchers.output_dir_of("python -c pass --output_dir=/x") == "/x"
+    assert launchers.output_dir_of("true") is None
+
+
+def test_parallel_runs_concurrently_and_sets_threads(tmp_path, cpu_env, monkeypatch):
+    monkeypatch.setattr(launchers, "available_cores", lambda: 8)
+    files = [tmp_path / f"r{i}.json" for i in range(4)]
+    results = launchers.parallel_launcher([record(f, sleep=0.8) for f in files],
+                                          progress=False)
+    assert [r.returncode for r in results] == [0, 0, 0, 0]
+    runs = [json.loads(f.read_text()) for f in files]
+    assert all(r["omp"] == "4" and r["mkl"] == "4" for r in runs)  # 8 cores // 2 jobs
+    # at most 2 at once, and some two overlap in time
+    events = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs])
+    level = peak = 0
+    for _, delta in events:
+        level += delta
+        peak = max(peak, level)
+    assert peak == 2
+
+
+def test_parallel_threads_and_gpu_slots(monkeypatch):
+    monkeypatch.setattr(launchers, "available_cores", lambda: 16)
+    monkeypatch.setenv("DOMAINBED_PARALLEL_GPUS", "0,3")
+    monkeypatch.setenv("DOMAINBED_PARALLEL_PER_GPU", "2")
+    plan = launchers.ParallelPlan.from_env()
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in plan.slots] == ["0", "3", "0", "3"]
+    assert plan.threads == 4 and all(s["OMP_NUM_THREADS"] == "4" for s in plan.slots)
+    monkeypatch.setenv("DOMAINBED_PARALLEL_GPUS", "none")
+    monkeypatch.delenv("DOMAINBED_PARALLEL_JOBS", raising=False)
+    plan = launchers.ParallelPlan.from_env()
+    assert len(plan.slots) == 8 and plan.threads == 2  # default: cores // 2 jobs
+    monkeypatch.setenv("DOMAINBED_PARALLEL_JOBS", "32")
+    assert launchers.ParallelPlan.from_env().threads == 1  # never below 1
+    monkeypatch.setenv("DOMAINBED_PARALLEL_JOBS", "zero")
+    with pytest.raises(ValueError, match="DOMAINBED_PARALLEL_JOBS"):
+        launchers.ParallelPlan.from_env()
+
+
+def test_gpu_slots_get_their_device(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOMAINBED_PARALLEL_GPUS", "5,7")
+    files = [tmp_path / f"g{i}.json" for i in range(2)]
+    launchers.parallel_launcher([record(f, sleep=0.3) for f in files], progress=False)
+    assert sorted(json.loads(f.read_text())["cuda"] for f in files) == ["5", "7"]
+
+
+def test_parallel_failure_does_not_stop_others(tmp_path, cpu_env, capsys):
+    out = tmp_path / "job_fail"
+    cmds = [record(tmp_path / "a.json"),
+            f"exit 3 # --output_dir {out}",
+            record(tmp_path / "b.json", code=0),
+            record(tmp_path / "c.json", code=5)]
+    results = launchers.parallel_launcher(cmds, progress=False)
+    assert [r.returncode for r in results] == [0, 3, 0, 5]
+    assert (tmp_path / "a.json").exists() and (tmp_path / "b.json").exists()
+    err = capsys.readouterr().err
+    assert "2 succeeded, 2 failed" in err
+    assert "exit code 3" in err and f"{out}/err.txt" in err and "exit code 5" in err
+    assert results[1].log == str(out / "launcher.txt")
+    assert not (out / "done").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_keyboard_interrupt_kills_children_and_leaves_jobs_incomplete(tmp_path, cpu_env,
+                                                                      monkeypatch):
+    monkeypatch.setenv("DOMAINBED_PARALLEL_KILL_GRACE", "2")
+    cmds = []
+    for i in range(3):  # 2 run, 1 waits
+        out = tmp_path / f"job{i}"
+        out.mkdir()
+        (out / "out.txt").write_text("partial\n")
+        script = (f"import os, time; open({str(out / 'pid')!r}, 'w').write(str(os.getpid())); "
+                  f"time.sleep(60); open({str(out / 'done')!r}, 'w').write('')")
+        # a grandchild in the background: the whole process group must go
+        cmds.append(f"sleep 60 & {PY} -c {shlex.quote(script)}; wait # --output_dir {out}")
+    pid_files = [tmp_path / f"job{i}" / "pid" for i in range(2)]
+
+    def interrupt():
+        deadline = time.time() + 20
+        while time.time() < deadline and not all(p.exists() for p in pid_files):
+            time.sleep(0.05)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    t0 = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        launchers.parallel_launcher(cmds, progress=False)
+    assert time.time() - t0 < 20
+    pids = [int(p.read_text()) for p in pid_files]
+    deadline = time.time() + 5
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+    for i in range(3):
+        out = tmp_path / f"job{i}"
+        assert out.is_dir() and (out / "out.txt").read_text() == "partial\n"  # nothing deleted
+        assert not (out / "done").exists()
+    assert not (tmp_path / "job2" / "pid").exists()  # the queued job never started
+
+
+def test_interrupted_job_is_incomplete_for_domainbed_sweep(tmp_path, cpu_env):
+    """DomainBed's own Job sees an interrupted job as Incomplete (so delete_incomplete works)."""
+    sweep = pytest.importorskip("domainbed.scripts.sweep")
+    args = {"dataset": "RotatedDigits", "algorithm": "ERM", "test_envs": [0],
+            "hparams_seed": 0, "data_dir": str(tmp_path), "trial_seed": 0, "seed": 0}
+    job = sweep.Job(args, str(tmp_path))
+    os.makedirs(job.output_dir)
+    cmd = f"sleep 30 # --output_dir {job.output_dir}"
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        launchers.parallel_launcher([cmd], progress=False)
+    assert sweep.Job(args, str(tmp_path)).state == sweep.Job.INCOMPLETE
+
+
+# -- registration ------------------------------------------------------------------------
+def test_registration_is_idempotent_and_reported():
+    domainbed_surgery.register()
+    from domainbed import command_launchers
+
+    assert command_launchers.REGISTRY["parallel"] is launchers.parallel_launcher
+    assert command_launchers.REGISTRY["slurm"] is launchers.slurm_launcher
+    before = dict(command_launchers.REGISTRY)
+    assert domainbed_surgery.register()["launchers"] == ["parallel", "slurm"]
+    assert command_launchers.REGISTRY == before
+    assert command_launchers.REGISTRY["local"].__module__ == "domainbed.command_launchers"
+
+
+def test_foreign_launcher_is_not_replaced(monkeypatch):
+    from domainbed import command_launchers
+
+    def foreign(commands):
+        pass
+
+    monkeypatch.setitem(command_launchers.REGISTRY, "parallel", foreign)
+    with pytest.raises(RegistrationConflict, match="parallel"):
+        register_launchers(command_launchers, strict=True)
+    assert command_launchers.REGISTRY["parallel"] is foreign
+    with pytest.warns(RuntimeWarning, match="does not replace"):
+        register_launchers(command_launchers, strict=False)
+    assert command_launchers.REGISTRY["parallel"] is foreign
+    assert command_launchers.REGISTRY["slurm"] is launchers.slurm_launcher
+
+
+# -- slurm via submitit's local executor -------------------------------------------------------
+def test_slurm_parameters_from_env(monkeypatch):
+    for k, v in {"PARTITION": "gpu", "TIME": "90", "GPUS": "2", "CPUS": "8", "MEM_GB": "64",
+                 "ARRAY_PARALLELISM": "10"}.items():
+        monkeypatch.setenv("DOMAINBED_SLURM_" + k, v)
+    p = launchers.slurm_parameters()
+    assert (p["slurm_partition"], p["timeout_min"], p["gpus_per_node"], p["cpus_per_task"],
+            p["mem_gb"], p["slurm_array_parallelism"]) == ("gpu", 90, 2, 8, 64, 10)
+    monkeypatch.delenv("DOMAINBED_SLURM_PARTITION")
+    assert "slurm_partition" not in launchers.slurm_parameters()
+
+
+def test_slurm_local_executor_runs_jobs(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("DOMAINBED_SLURM_CLUSTER", "local")
+    monkeypatch.setenv("DOMAINBED_SLURM_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("DOMAINBED_SLURM_GPUS", "0")
+    monkeypatch.setenv("DOMAINBED_SLURM_TIME", "2")
+    cmds = [f"echo {i} > {tmp_path / f'marker{i}'}" for i in range(3)]
+    cmds.append(f"exit 3 # --output_dir {tmp_path / 'bad'}")
+    jobs = launchers.slurm_launcher(cmds)
+    assert len(jobs) == 4
+    for i in range(3):
+        assert (tmp_path / f"marker{i}").read_text().strip() == str(i)
+        assert jobs[i].result() == 0
+    assert "exit status 3" in str(jobs[3].exception())
+    err = capsys.readouterr().err
+    assert "3 succeeded, 1 failed" in err and f"{tmp_path / 'bad'}/err.txt" in err
+    assert "returned non-zero exit status 3" in err
