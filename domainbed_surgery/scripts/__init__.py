@@ -1,0 +1,1 @@
+"""Command-line tools of domainbed-surgery (``python -m domainbed_surgery.scripts.<name>``)."""
