@@ -89,11 +89,12 @@ class Setting:
 
     name: str
     backbone: Optional[str]  # None: DomainBed's own featurizer for the input shape
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # [C, H, W] images, or [D] vectors (DomainBed's MLP)
     num_domains: int
     batch_size: int  # per domain
     dataset: str  # whose DomainBed default hparams to use
     num_classes: int
+    hparams: tuple = ()  # extra (name, value) pairs over the dataset defaults
 
 
 SETTINGS: dict[str, Setting] = {s.name: s for s in (
@@ -103,8 +104,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("resnet50-224-128", "resnet50", (3, 224, 224), 3, 128, "PACS", 7),
     Setting("mnist-28", None, (1, 28, 28), 3, 32, "RotatedDigits", 10),
     Setting("resnet18-64", "resnet18", (3, 64, 64), 3, 16, "PACS", 7),
-    # For tests of this script: seconds on a CPU, not a measurement of anything.
-    Setting("tiny", None, (1, 28, 28), 3, 4, "RotatedDigits", 10),
+    # For tests of this script (DomainBed's MLP on 16-d vectors): a second on a CPU,
+    # not a measurement of anything.
+    Setting("tiny", None, (16,), 3, 4, "RotatedDigits", 10,
+            (("mlp_width", 64), ("mlp_depth", 3), ("mlp_dropout", 0.0))),
 )}
 #: Names that stand for several settings.
 ALIASES = {
@@ -208,7 +211,7 @@ def hparams_for(algorithm: str, setting: Setting) -> dict:
     """DomainBed default hparams for ``algorithm`` with the setting's backbone, untrained."""
     base = "ERM" if algorithm in REFERENCE_CLASSES else algorithm
     hparams = hparams_registry.default_hparams(base, setting.dataset)
-    hparams.update({"backbone": setting.backbone, "pretrained": False})
+    hparams.update({"backbone": setting.backbone, "pretrained": False, **dict(setting.hparams)})
     return hparams
 
 
@@ -528,8 +531,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> tuple[list[dict], list[dict]]:
     """Run the benchmark; print the tables; return (result rows, part rows)."""
     args = parse_args(argv)
+    threads_before = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:  # main() may be called in-process (tests): leave torch as it was
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = resolve_settings(
         args.settings or (GPU_SETTINGS if device.type == "cuda" else CPU_SETTINGS))
