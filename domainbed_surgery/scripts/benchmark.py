@@ -486,7 +486,7 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 RESULT_TABLE = [("algorithm", "algorithm"), ("median_ms", "median ms"), ("p25_ms", "p25"),
-                ("p75_ms", "p75"), ("ratio_to_erm", "x ERM"), ("step_mem_mib", "step MiB"),
+                ("p75_ms", "p75"), ("min_ms", "min"), ("ratio_to_erm", "x ERM"), ("step_mem_mib", "step MiB"),
                 ("state_mib", "state MiB")]
 PART_TABLE = [("algorithm", "algorithm"), ("part", "part"), ("median_ms", "median ms"),
               ("p25_ms", "p25"), ("p75_ms", "p75"), ("share", "share of update")]
