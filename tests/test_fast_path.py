@@ -1,0 +1,296 @@
+"""The per-domain gradient fast path against the straightforward computation.
+
+``GradientSurgery.domain_gradients`` writes each domain's gradient straight into a
+row of a preallocated ``[N, P]`` buffer (``.grad`` pointed at the row before that
+domain's backward). Whatever it does to be fast, it must give what the plain
+per-domain loop gives: for each domain on its own, ``zero_grad``, forward,
+cross-entropy, backward, collect and flatten every trainable ``.grad`` (an unused
+parameter counting as zero). The two are compared bitwise (``torch.equal``;
+both run the same kernels on the same inputs, so there is no reason for float
+differences), on twin copies of one model so BatchNorm running statistics and
+dropout masks can be compared too. Each equality test also checks that the
+effect it relies on is real (per-domain BatchNorm statistics differ from
+batched ones, dropout masks depend on the seed, the AgrSum mask drops
+something), so that it can fail when the fast path does something else.
+
+The benchmark CLI is run end to end on its ``tiny`` setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import runpy
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import domainbed_surgery
+
+domainbed_surgery.register()
+
+from domainbed import algorithms as db_algorithms  # noqa: E402
+from domainbed import hparams_registry  # noqa: E402
+
+from domainbed_surgery import surgery  # noqa: E402
+from domainbed_surgery.scripts import benchmark  # noqa: E402
+
+pytestmark = pytest.mark.domainbed
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def make(name: str, input_shape, dataset: str = "PACS", num_classes: int = 7, seed: int = 0,
+         **hparams):
+    """A DomainBed algorithm built from ``seed`` with default hparams plus ``hparams``."""
+    hp = hparams_registry.default_hparams(name, dataset)
+    hp.update({"pretrained": False, **hparams})
+    torch.manual_seed(seed)
+    return db_algorithms.get_algorithm_class(name)(input_shape, num_classes, 3, hp).train()
+
+
+def minibatches(input_shape, n: int = 3, batch: int = 4, num_classes: int = 7, seed: int = 1):
+    """``n`` random (x, y) minibatches, distinct per domain (shifted means)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn((batch, *input_shape), generator=gen) + i,
+             torch.randint(0, num_classes, (batch,), generator=gen)) for i in range(n)]
+
+
+#: DomainBed's MLP featurizer on 16-d vectors: the cheapest model DomainBed builds.
+MLP_SHAPE = (16,)
+MLP = {"dataset": "RotatedDigits", "num_classes": 10, "mlp_width": 32, "mlp_depth": 3,
+       "mlp_dropout": 0.0}
+
+
+def trainable(alg):
+    return [p for p in alg.network.parameters() if p.requires_grad]
+
+
+def plain_domain_gradients(alg, batches):
+    """The straightforward way: per domain zero_grad, forward, CE, backward, flatten grads."""
+    params = trainable(alg)
+    rows, losses = [], []
+    for x, y in batches:
+        alg.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(alg.predict(x), y)
+        loss.backward()
+        rows.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                               for p in params]))
+        losses.append(loss.detach())
+    return torch.stack(rows), torch.stack(losses)
+
+
+def buffers(alg) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in alg.network.named_buffers()}
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# --------------------------------------------------------------------------------------
+# domain_gradients
+# --------------------------------------------------------------------------------------
+def test_batchnorm_and_dropout_per_domain_passes():
+    """ResNet-18 in train mode (BatchNorm, ``resnet_dropout`` 0.5), 3 domains.
+
+    One forward per domain in the same order on both paths, so BatchNorm uses
+    per-domain batch statistics and the running statistics end up equal; torch is
+    seeded identically before both paths, so the dropout masks are the same.
+    """
+    shape = (3, 16, 16)
+    fast = make("AgrSum", shape, backbone="resnet18", resnet_dropout=0.5)
+    plain = copy.deepcopy(fast)
+    batches = minibatches(shape)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) and m.training for m in fast.modules())
+    before = buffers(fast)
+
+    torch.manual_seed(123)
+    grads, losses = fast.domain_gradients(batches)
+    torch.manual_seed(123)
+    ref, ref_losses = plain_domain_gradients(plain, batches)
+
+    assert grads.shape == (3, sum(p.numel() for p in trainable(fast)))
+    assert torch.equal(grads, ref)
+    assert torch.equal(losses, ref_losses)
+    after = buffers(fast)
+    assert_same_tensors(after, buffers(plain))
+    # Three forward passes, one per domain: every BN layer counted three batches
+    # and its running mean moved.
+    counts = {v.item() for k, v in after.items() if k.endswith("num_batches_tracked")}
+    assert counts == {3}
+    assert not torch.equal(after["0.network.bn1.running_mean"], before["0.network.bn1.running_mean"])
+
+    # The comparison is discriminating. (a) Dropout is on: another seed, other masks,
+    # other gradients. (b) BatchNorm statistics matter: one batched pass over the
+    # union of the domains gives another gradient than the mean of per-domain ones.
+    other = copy.deepcopy(plain)
+    torch.manual_seed(124)
+    moved, _ = plain_domain_gradients(other, batches)
+    assert not torch.equal(moved, ref)
+    other.featurizer.dropout.p = 0.0  # (b) without dropout noise
+    per_domain, _ = plain_domain_gradients(other, batches)
+    other.optimizer.zero_grad(set_to_none=True)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    F.cross_entropy(other.predict(x), y).backward()
+    union = torch.cat([p.grad.flatten() for p in trainable(other)])
+    assert not torch.allclose(union, per_domain.mean(dim=0), rtol=1e-3, atol=1e-6)
+
+
+def test_unused_parameters_are_zero_and_frozen_ones_are_skipped():
+    """An unused parameter's slice is zero; a frozen one is not in the buffer, .grad stays None."""
+    shape = MLP_SHAPE
+    fast = make("AgrSum", shape, **MLP)
+    # Unused: registered on the featurizer, never touched by its forward.
+    fast.featurizer.register_parameter("unused", torch.nn.Parameter(torch.ones(7)))
+    # Frozen: the first layer.
+    frozen = list(fast.featurizer.input.parameters())
+    for p in frozen:
+        p.requires_grad_(False)
+    plain = copy.deepcopy(fast)
+    batches = minibatches(shape, num_classes=10)
+
+    grads, losses = fast.domain_gradients(batches)
+    ref, ref_losses = plain_domain_gradients(plain, batches)
+
+    params = trainable(fast)
+    assert grads.shape == (3, sum(p.numel() for p in params))
+    assert sum(p.numel() for p in fast.network.parameters()) == grads.shape[1] + sum(
+        p.numel() for p in frozen)
+    assert torch.equal(grads, ref)
+    assert torch.equal(losses, ref_losses)
+    # The unused parameter's columns are all zero (and plain autograd left it None).
+    offset = 0
+    for p in params:
+        if p is fast.featurizer.unused:
+            break
+        offset += p.numel()
+    assert torch.count_nonzero(grads[:, offset:offset + 7]) == 0
+    assert plain.featurizer.unused.grad is None
+    assert all(p.grad is None for p in frozen)
+
+    # A full step leaves the frozen parameters alone and keeps their .grad None.
+    before = [p.clone() for p in frozen]
+    fast.update(batches)
+    assert all(torch.equal(p, b) and p.grad is None for p, b in zip(frozen, before))
+
+
+# --------------------------------------------------------------------------------------
+# update
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["AgrSum", "AgrRand", "PCGrad"])
+def test_update_equals_plain_gradients_plus_rule_plus_adam(name):
+    """Two ``update`` steps equal plain per-domain gradients + the surgery rule + Adam.
+
+    The reference takes the rule from :mod:`domainbed_surgery.surgery` with a
+    generator seeded like the algorithm's (its construction seed), writes the
+    result into ``.grad`` slice by slice and steps the same Adam optimizer.
+    """
+    shape = MLP_SHAPE
+    seed = 7
+    fast = make(name, shape, seed=seed, **MLP)
+    plain = copy.deepcopy(fast)
+    rule = surgery.RULES[name]
+    gen = torch.Generator().manual_seed(seed)
+    start = [p.clone() for p in trainable(fast)]
+
+    for step in range(2):
+        batches = minibatches(shape, num_classes=10, seed=10 + step)
+        out = fast.update(batches)
+
+        ref, ref_losses = plain_domain_gradients(plain, batches)
+        combined = rule(ref, gen)
+        offset = 0
+        for p in trainable(plain):
+            p.grad = combined[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        plain.optimizer.step()
+
+        assert out["loss"] == pytest.approx(ref_losses.mean().item(), rel=1e-6)
+        assert out["agreement"] == pytest.approx(
+            surgery.agreement_mask(ref).float().mean().item(), rel=1e-6)
+        for a, b in zip(trainable(fast), trainable(plain)):
+            assert torch.equal(a, b)
+
+    # The step did something, and the rule is not a plain sum on this data.
+    assert not all(torch.equal(a, b) for a, b in zip(trainable(fast), start))
+    assert not torch.equal(combined, ref.sum(dim=0))
+
+
+# --------------------------------------------------------------------------------------
+# benchmark CLI
+# --------------------------------------------------------------------------------------
+def test_benchmark_main_writes_csv_and_json(tmp_path, capsys):
+    """All default algorithms on ``tiny``: tables printed, CSV/JSON with the documented columns."""
+    rows, parts = benchmark.main(["--settings", "tiny", "--steps", "2", "--warmup", "1",
+                                  "--threads", "1", "--output_dir", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "torch " + torch.__version__ in printed and "threads 1" in printed
+    assert "paper-scheme" in printed and "share of update" in printed
+
+    with open(tmp_path / "benchmark.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == benchmark.RESULT_COLUMNS
+        csv_rows = list(reader)
+    assert [r["algorithm"] for r in csv_rows] == list(benchmark.DEFAULT_ALGORITHMS)
+    for r in csv_rows:
+        assert r["setting"] == "tiny" and r["steps"] == "2" and r["threads"] == "1"
+        assert float(r["median_ms"]) > 0 and float(r["state_mib"]) > 0
+        assert float(r["p25_ms"]) <= float(r["median_ms"]) <= float(r["p75_ms"])
+    erm = next(r for r in csv_rows if r["algorithm"] == "ERM")
+    assert float(erm["ratio_to_erm"]) == 1.0
+
+    with open(tmp_path / "benchmark_parts.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == benchmark.PART_COLUMNS
+        part_rows = list(reader)
+    assert {(r["algorithm"], r["part"]) for r in part_rows} == {
+        (a, p) for a in benchmark.SURGERY_ALGORITHMS for p in benchmark.PARTS}
+
+    data = json.loads((tmp_path / "benchmark.json").read_text())
+    assert data["environment"]["torch"] == torch.__version__
+    assert data["environment"]["threads"] == 1
+    assert len(data["results"]) == len(rows) == len(csv_rows)
+    assert len(data["parts"]) == len(parts) == len(part_rows)
+
+
+def test_benchmark_module_entry_point(tmp_path, monkeypatch):
+    """``python -m domainbed_surgery.scripts.benchmark`` runs ``main`` on ``sys.argv``.
+
+    Run through :mod:`runpy` as ``__main__`` in this process (a fresh interpreter
+    would spend most of the test budget importing torch and DomainBed).
+    """
+    monkeypatch.setattr(sys, "argv", [
+        "benchmark", "--settings", "tiny", "--steps", "1", "--warmup", "0", "--threads", "1",
+        "--algorithms", "ERM", "AgrSum", "--output_dir", str(tmp_path)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: module already imported
+        runpy.run_module("domainbed_surgery.scripts.benchmark", run_name="__main__")
+    with open(tmp_path / "benchmark.csv") as f:
+        assert [r["algorithm"] for r in csv.DictReader(f)] == ["ERM", "AgrSum"]
+
+
+def test_benchmark_rejects_unknown_setting():
+    with pytest.raises(SystemExit):
+        benchmark.main(["--settings", "no-such-setting"])
+
+
+def test_paper_scheme_step_equals_agrsum_step():
+    """The benchmark's paper-scheme reference computes the same Agr-Sum step as ours."""
+    setting = benchmark.SETTINGS["tiny"]
+    ours = benchmark.build("AgrSum", setting, torch.device("cpu"))
+    paper = benchmark.build(benchmark.PAPER, setting, torch.device("cpu"))
+    batches = benchmark.make_minibatches(setting, torch.device("cpu"))
+    for _ in range(2):
+        ours.update(batches)
+        paper.update(batches)
+    for a, b in zip(ours.network.parameters(), paper.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
