@@ -1,0 +1,1 @@
+"""Command-line analyses (``python -m domainbed_surgery.scripts.<name>``)."""
