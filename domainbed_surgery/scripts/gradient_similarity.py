@@ -249,12 +249,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     os.makedirs(args.output_dir, exist_ok=True)
     rows = []
+    csv_path = os.path.join(args.output_dir, CSV_NAME)
     for test_envs in choices:
         rows += run_choice(args, hparams, test_envs, device)
-    frame = pd.DataFrame(rows, columns=COLUMNS)
-    csv_path = os.path.join(args.output_dir, CSV_NAME)
-    frame.to_csv(csv_path, index=False)
-    figures = plot(frame, os.path.join(args.output_dir, FIG_NAME))
+        # Rewritten after every choice: a long run interrupted keeps what it finished.
+        frame = pd.DataFrame(rows, columns=COLUMNS)
+        frame.to_csv(csv_path, index=False)
+        figures = plot(frame, os.path.join(args.output_dir, FIG_NAME))
     with open(os.path.join(args.output_dir, "gradient_similarity_args.json"), "w") as f:
         json.dump({"args": vars(args), "hparams": hparams, "device": device}, f, indent=2,
                   default=str)
