@@ -205,12 +205,15 @@ def plot(frame, output_stem: str) -> list[str]:
     nrows = -(-len(groups) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, 3.2 * nrows),
                              squeeze=False, sharey=True)
+    frame = frame.astype({"test_envs": str})
     for ax, ((dataset, sources), g) in zip(axes.flat, groups):
         g = g.sort_values("step")
         ax.plot(g["step"], g["intra"], color="tab:red", marker="o", ms=3, label="intra-domain")
         ax.plot(g["step"], g["inter"], color="tab:blue", marker="o", ms=3, label="inter-domain")
-        ax.axhline(0.0, color="0.6", lw=0.8, ls=":")
-        ax.set_title(f"{dataset}: sources {sources.replace('+', ', ')}", fontsize=10)
+        if min(g["intra"].min(), g["inter"].min()) < 0.1:  # conflict: mark the zero line
+            ax.axhline(0.0, color="0.6", lw=0.8, ls=":")
+        ax.set_title(f"{dataset}: sources {sources.replace('+', ', ')}\n"
+                     f"(held-out env {g['test_envs'].iloc[0]})", fontsize=10)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
