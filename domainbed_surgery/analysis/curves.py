@@ -125,7 +125,8 @@ def plot_curves(frame: pd.DataFrame, output_stem: str,
     targets = list(frame[["dataset", "test_env"]].drop_duplicates().itertuples(index=False))
     colors = _colors(frame["algorithm"].unique().tolist())
     ncols = len(targets)
-    fig, axes = plt.subplots(2, ncols, figsize=(4.0 * ncols, 6.0), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(2, ncols, figsize=(max(6.0, 4.0 * ncols), 6.0), squeeze=False,
+                             sharex="col")
     ylabels = {"agreement": "sign agreement (fraction of params)",
                "cosine": "mean pairwise cosine of domain grads"}
     for row, key in enumerate(KEYS):
@@ -168,7 +169,7 @@ def plot_layers(layers: pd.DataFrame, output_stem: str,
     stats = summarize(layers, "agreement", by=["layer"])
     stats["group"] = stats["layer"].map(layer_group)
     fig, axes = plt.subplots(len(groups), len(targets), squeeze=False, sharex="col",
-                             figsize=(4.0 * len(targets), 2.4 * len(groups)))
+                             figsize=(max(6.0, 4.0 * len(targets)), 2.4 * len(groups) + 0.6))
     for r, group in enumerate(groups):
         for c, (dataset, test_env) in enumerate(targets):
             ax = axes[r, c]
@@ -187,8 +188,8 @@ def plot_layers(layers: pd.DataFrame, output_stem: str,
             ax.grid(alpha=0.3)
             if len(here):
                 ax.legend(fontsize=6)
-    fig.suptitle("Per-layer sign agreement (keys agreement/<layer> logged by the algorithms)",
-                 fontsize=11)
+    fig.suptitle("Per-layer sign agreement\n(keys agreement/<layer> logged by the algorithms)",
+                 fontsize=10)
     fig.tight_layout()
     return _save(fig, output_stem)
 
