@@ -145,8 +145,8 @@ def plot_curves(frame: pd.DataFrame, output_stem: str,
             ax.grid(alpha=0.3)
             if len(here):
                 ax.legend(fontsize=7)
-    fig.suptitle("Domain-gradient agreement over training (mean over trials/hparams, "
-                 "band: ±1 std)", fontsize=11)
+    fig.suptitle("Domain-gradient agreement over training\n"
+                 "(mean over trials/hparams, band: ±1 std)", fontsize=10)
     fig.tight_layout()
     return _save(fig, output_stem)
 

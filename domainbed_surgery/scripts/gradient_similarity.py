@@ -203,7 +203,7 @@ def plot(frame, output_stem: str) -> list[str]:
     groups = list(frame.groupby(["dataset", "source_domains"], sort=False))
     ncols = min(4, len(groups))
     nrows = -(-len(groups) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, 3.2 * nrows),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(6.0, 4.0 * ncols), 3.2 * nrows + 0.5),
                              squeeze=False, sharey=True)
     frame = frame.astype({"test_envs": str})
     for ax, ((dataset, sources), g) in zip(axes.flat, groups):
@@ -221,8 +221,8 @@ def plot(frame, output_stem: str) -> list[str]:
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle("Per-sample gradient cosine, one class per measurement (ERM training)",
-                 fontsize=11)
+    fig.suptitle("Per-sample gradient cosine during ERM training\n"
+                 "(one class per measurement; intra- vs inter-domain pairs)", fontsize=10)
     fig.tight_layout()
     paths = [f"{output_stem}.png", f"{output_stem}.pdf"]
     for path in paths:
