@@ -118,9 +118,9 @@ class GradientSurgery(ERM):
         recent = list(self._recent[d])
         return [recent[k % len(recent)] for k in range(n)]
 
-    def combine(self, grads: Tensor, gram: Tensor) -> Tensor:
-        """Apply the rule into the preallocated update vector."""
-        return type(self).rule(grads, self._rng(grads.device), out=self._combined)
+    def combine(self, grads: Tensor, gram: Tensor, mask: Tensor) -> Tensor:
+        """Apply the rule into the preallocated update vector (``mask``: Eq. 2 of ``grads``)."""
+        return type(self).rule(grads, self._rng(grads.device), out=self._combined, mask=mask)
 
     def update(self, minibatches, unlabeled=None):
         if len(minibatches) == 0:
@@ -132,16 +132,18 @@ class GradientSurgery(ERM):
 
         grads, losses = self.domain_gradients(self.gradient_batches(minibatches))
         gram = _checked_gram(grads)
-        combined = self.combine(grads, gram)
+        mask = surgery.agreement_mask(grads)  # for the rule and the diagnostic
+        combined = self.combine(grads, gram, mask)
         if combined is not self._combined:
             self._combined.copy_(combined)
         for p, g in zip(self._params, self._combined_views):
             p.grad = g
         self.optimizer.step()
 
-        agreement = surgery.agreement_mask(grads).float().mean()
-        cosine = surgery.pairwise_cosine(gram.to(torch.float64)).to(agreement.dtype)
-        loss, agreement, cosine = torch.stack([losses.mean().float(), agreement, cosine]).tolist()
+        agreement = mask.count_nonzero() / mask.numel()
+        cosine = surgery.pairwise_cosine(gram.to(torch.float64))
+        loss, agreement, cosine = torch.stack(
+            [losses.mean().double(), agreement.double(), cosine]).tolist()
         return {"loss": loss, "agreement": agreement, "cosine": cosine}
 
 
@@ -185,7 +187,7 @@ class PCGrad(GradientSurgery):
 
     rule = staticmethod(surgery.pcgrad)
 
-    def combine(self, grads: Tensor, gram: Tensor) -> Tensor:
+    def combine(self, grads: Tensor, gram: Tensor, mask: Tensor) -> Tensor:
         return surgery.pcgrad(grads, self._rng(torch.device("cpu")), out=self._combined, gram=gram)
 
 

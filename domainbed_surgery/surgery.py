@@ -55,10 +55,17 @@ def _check_generator(generator: Optional[torch.Generator], grads: Tensor) -> Non
             "create the generator on the gradients' device")
 
 
+def _all_rows(grads: Tensor, compare) -> Tensor:
+    """``bool[P]``: ``compare(row)`` holds in every row (row-wise, no ``[N, P]`` temporaries)."""
+    result = compare(grads[0])
+    for row in grads[1:]:
+        result &= compare(row)
+    return result
+
+
 def _strict_agreement(grads: Tensor) -> Tensor:
-    """True where all N components are nonzero with one common sign (one pass)."""
-    lo, hi = torch.aminmax(grads, dim=0)
-    return (lo > 0) | (hi < 0)
+    """True where all N components are nonzero with one common sign."""
+    return _all_rows(grads, lambda r: r > 0) | _all_rows(grads, lambda r: r < 0)
 
 
 def agreement_mask(grads: Tensor) -> Tensor:
@@ -70,39 +77,49 @@ def agreement_mask(grads: Tensor) -> Tensor:
     conflicts, which matters for Agr-Rand (they would receive noise).
     """
     _check_grads(grads)
-    lo, hi = torch.aminmax(grads, dim=0)
-    return (lo > 0) | (hi < 0) | ((lo == 0) & (hi == 0))
+    return _strict_agreement(grads) | _all_rows(grads, lambda r: r == 0)
+
+
+def _check_mask(mask: Tensor, grads: Tensor) -> None:
+    if mask.dtype != torch.bool or mask.shape != grads.shape[1:]:
+        raise ValueError(f"mask must be bool[{grads.shape[1]}] from agreement_mask(grads), "
+                         f"got {mask.dtype}{list(mask.shape)}")
 
 
 def agr_sum(grads: Tensor, generator: Optional[torch.Generator] = None, *,
-            out: Optional[Tensor] = None) -> Tensor:
+            out: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
     """Eq. 3 (Agr-Sum): ``sum_i g^(i)`` where all domains agree in sign, 0 elsewhere.
 
     ``generator`` is accepted for a uniform rule signature and unused. ``out``, a
-    preallocated ``[P]`` tensor, receives the result (saves an allocation per step).
+    preallocated ``[P]`` tensor, receives the result (saves an allocation per step);
+    ``mask`` may pass a precomputed :func:`agreement_mask` of ``grads``.
     """
     _check_grads(grads)
-    # All-zero components have a zero sum, so the strict mask gives Eq. 3 exactly.
-    agree = _strict_agreement(grads)
+    if mask is None:
+        # All-zero components have a zero sum, so the strict mask gives Eq. 3 exactly.
+        mask = _strict_agreement(grads)
+    _check_mask(mask, grads)
     total = torch.sum(grads, dim=0, out=out)
-    return total.mul_(agree)
+    return total.mul_(mask)
 
 
 def agr_rand(grads: Tensor, generator: Optional[torch.Generator] = None, *,
-             out: Optional[Tensor] = None) -> Tensor:
+             out: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
     """Eq. 4 (Agr-Rand): the sum where domains agree, ``N(0, sigma^2)`` samples elsewhere.
 
     ``sigma`` is the mean of ``|g*_p|`` over the agreeing components ``p`` of the
     whole model (Eq. 2 mask, so components that are zero in every domain count,
     with ``|g*_p| = 0``). If no component agrees, ``sigma`` has no reference scale
     and is defined as 0: the result is then all zeros (the paper's code gives NaN).
+    ``mask`` may pass a precomputed :func:`agreement_mask` of ``grads``.
     """
     _check_grads(grads)
     _check_generator(generator, grads)
-    agree = agreement_mask(grads)
+    agree = agreement_mask(grads) if mask is None else mask
+    _check_mask(agree, grads)
     total = torch.sum(grads, dim=0, out=out)
     total.mul_(agree)
-    n_agree = agree.sum()
+    n_agree = agree.count_nonzero()
     # |g*| is already zero off the mask, so summing it over all P is the sum over A.
     sigma = torch.where(n_agree > 0, torch.linalg.vector_norm(total, ord=1) / n_agree.clamp_min(1), 0.0)
     noise = torch.randn(total.shape, generator=generator, device=total.device,

@@ -37,7 +37,8 @@ Memory, per algorithm, after the timed steps (one extra ``update`` each):
 
 A second table splits each surgery algorithm's step into its parts, timed
 separately (interleaved too): ``gradients`` (``domain_gradients``), ``gram``
-(finite check + Gram matrix), ``combine`` (the rule on the ``[N, P]`` buffer),
+(finite check + Gram matrix), ``mask`` (the Eq. 2 agreement mask, shared by the
+rule and the logged fraction), ``combine`` (the rule on the ``[N, P]`` buffer),
 ``metrics`` (agreement fraction and cosine that ``update`` logs) and ``adam``
 (``optimizer.step``). ``share`` is a part's median over the update's median.
 
@@ -121,7 +122,7 @@ PAPER = "paper-scheme"
 FLOOR = "per-domain-floor"
 SURGERY_ALGORITHMS = ("AgrSum", "AgrRand", "PCGrad")
 DEFAULT_ALGORITHMS = ("ERM", "AgrSum", "AgrRand", "PCGrad", "ANDMask", "Fish", PAPER, FLOOR)
-PARTS = ("gradients", "gram", "combine", "metrics", "adam")
+PARTS = ("gradients", "gram", "mask", "combine", "metrics", "adam")
 
 RESULT_COLUMNS = ("setting", "algorithm", "device", "threads", "backbone", "input_shape",
                   "domains", "batch_per_domain", "params", "steps", "warmup", "median_ms",
@@ -366,12 +367,13 @@ def _parts_once(alg, minibatches, device) -> dict[str, float]:
     out["gradients"], (grads, _losses) = timed(lambda: alg.domain_gradients(minibatches), device)
     checked_gram = getattr(surgery_algorithms, "_checked_gram", surgery.gram_matrix)
     out["gram"], gram = timed(lambda: checked_gram(grads), device)
-    out["combine"], _ = timed(lambda: alg.combine(grads, gram), device)
+    out["mask"], mask = timed(lambda: surgery.agreement_mask(grads), device)
+    out["combine"], _ = timed(lambda: alg.combine(grads, gram, mask), device)
 
     def metrics():
-        agreement = surgery.agreement_mask(grads).float().mean()
-        cosine = surgery.pairwise_cosine(gram.to(torch.float64)).to(agreement.dtype)
-        return torch.stack([agreement, cosine]).tolist()
+        agreement = mask.count_nonzero() / mask.numel()
+        cosine = surgery.pairwise_cosine(gram.to(torch.float64))
+        return torch.stack([agreement.double(), cosine]).tolist()
 
     out["metrics"], _ = timed(metrics, device)
     out["adam"], _ = timed(alg.optimizer.step, device)
