@@ -37,6 +37,9 @@ class GradientSurgery(ERM):
     domain per step, so the N batches of d are its N most recent ones (this step's
     and the N-1 previous steps'); each batch is thus used once in expectation, as in
     the "multi" arm. During the first N-1 steps the missing batches repeat d's.
+
+    hparam ``surgery_layer_agreement`` (default false): also return the agreement
+    fraction of every parameter tensor as ``agreement/<parameter name>``.
     """
 
     rule: ClassVar[surgery.Rule]
@@ -57,6 +60,7 @@ class GradientSurgery(ERM):
             raise ValueError(f"hparam surgery_batches must be one of {SURGERY_BATCHES}, "
                              f"got {self.surgery_batches!r}")
         self._recent: dict[int, collections.deque] = {}  # "single" arm: domain -> batches
+        self.layer_agreement = bool(hparams.get("surgery_layer_agreement", False))
 
     # -- buffers -------------------------------------------------------------
     def _trainable(self) -> tuple[torch.nn.Parameter, ...]:
@@ -77,6 +81,9 @@ class GradientSurgery(ERM):
                 raise TypeError(f"{type(self).__name__} needs all trainable parameters "
                                 "on one device with one dtype")
             sizes = [p.numel() for p in params]
+            names = {id(p): n for n, p in self.network.named_parameters()}
+            self._names = [names[id(p)] for p in params]
+            self._sizes = sizes
             self._params = params
             self._grads = torch.empty(n_domains, sum(sizes), device=ref.device, dtype=ref.dtype)
             self._rows = [_views(row, params, sizes) for row in self._grads]
@@ -142,9 +149,14 @@ class GradientSurgery(ERM):
 
         agreement = mask.count_nonzero() / mask.numel()
         cosine = surgery.pairwise_cosine(gram.to(torch.float64))
-        loss, agreement, cosine = torch.stack(
-            [losses.mean().double(), agreement.double(), cosine]).tolist()
-        return {"loss": loss, "agreement": agreement, "cosine": cosine}
+        values = [losses.mean().double(), agreement.double(), cosine]
+        if self.layer_agreement:
+            values += [m.count_nonzero() / m.numel() for m in mask.split(self._sizes)]
+        values = torch.stack([v.double() for v in values]).tolist()
+        logged = {"loss": values[0], "agreement": values[1], "cosine": values[2]}
+        if self.layer_agreement:
+            logged.update({f"agreement/{name}": v for name, v in zip(self._names, values[3:])})
+        return logged
 
 
 def _views(flat: Tensor, params, sizes) -> list[Tensor]:

@@ -1,10 +1,11 @@
-"""Featurizers chosen by the ``backbone`` hparam: ``alexnet``, ``resnet18``, ``resnet50``.
+"""Featurizers chosen by the ``backbone`` hparam: ``alexnet``, ``resnet18``, ``resnet50``, ``mnist_cnn``.
 
 Each returns an ``nn.Module`` with ``n_outputs`` features, to which DomainBed puts
 its own linear classifier. AlexNet is the paper's backbone (torchvision AlexNet with
 the last FC layer removed); the ResNets behave like DomainBed's (``resnet_dropout``,
 ``freeze_bn``, first-conv channel adaptation). ``pretrained`` (default true) loads
-torchvision's ImageNet weights.
+torchvision's ImageNet weights. ``mnist_cnn`` is DomainBed's own small-image CNN
+(GroupNorm, global pooling), at any input size; it has no pretrained weights.
 """
 
 from __future__ import annotations
@@ -118,11 +119,20 @@ class ResNetFeaturizer(nn.Module):
                 module.eval()
 
 
+def mnist_cnn(input_shape, hparams: Mapping) -> nn.Module:
+    """DomainBed's ``MNIST_CNN`` (its featurizer for 28x28 inputs) for any image size."""
+    _check_image_shape("mnist_cnn", input_shape, min_side=2)
+    from domainbed.networks import MNIST_CNN  # noqa: PLC0415 - only this backbone needs DomainBed
+
+    return MNIST_CNN(tuple(input_shape))
+
+
 #: Backbone name -> factory ``(input_shape, hparams) -> featurizer``.
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "alexnet": AlexNetFeaturizer,
     "resnet18": lambda input_shape, hparams: ResNetFeaturizer("resnet18", input_shape, hparams),
     "resnet50": lambda input_shape, hparams: ResNetFeaturizer("resnet50", input_shape, hparams),
+    "mnist_cnn": mnist_cnn,
 }
 
 

@@ -22,28 +22,33 @@ class HParam(NamedTuple):
 SURGERY_ALGORITHMS = ("AgrSum", "AgrRand", "PCGrad")
 
 #: Our datasets take DomainBed's dataset-dependent hparams (lr, batch size...) of these.
-DATASET_HPARAMS_AS = {"RotatedDigits": "RotatedMNIST"}
+DATASET_HPARAMS_AS = {"RotatedDigits": "RotatedMNIST", "PACS64": "PACS"}
 
-#: For every algorithm, ours and DomainBed's.
-COMMON = (
-    # None keeps DomainBed's own featurizer choice; see domainbed_surgery.backbones.
-    HParam("backbone", None, lambda r: None),
-    HParam("pretrained", True, lambda r: True),
-)
+#: Default ``backbone`` per dataset; elsewhere None keeps DomainBed's own featurizer choice.
+DATASET_BACKBONES = {"RotatedDigits": "mnist_cnn"}
+
+
+def common_hparams(dataset: str) -> tuple[HParam, ...]:
+    """For every algorithm, ours and DomainBed's (see domainbed_surgery.backbones)."""
+    backbone = DATASET_BACKBONES.get(dataset)
+    return (HParam("backbone", backbone, lambda r: backbone),
+            HParam("pretrained", True, lambda r: True))
 
 
 #: For the surgery algorithms. "multi": one gradient per source domain (the method);
 #: "single": N gradients from N batches of one source domain drawn at random each
 #: step (the control of the paper's Fig. 4).
+#: ``surgery_layer_agreement``: also log ``agreement/<parameter>`` per parameter tensor.
 SURGERY = (
     HParam("surgery_batches", "multi", lambda r: "multi"),
+    HParam("surgery_layer_agreement", False, lambda r: False),
 )
 SURGERY_BATCHES = ("multi", "single")
 
 
 def extra_hparams(algorithm: str, dataset: str) -> tuple[HParam, ...]:
     """The hparams we define for ``algorithm`` on ``dataset``."""
-    return COMMON + (SURGERY if algorithm in SURGERY_ALGORITHMS else ())
+    return common_hparams(dataset) + (SURGERY if algorithm in SURGERY_ALGORITHMS else ())
 
 
 def base_names(algorithm: str, dataset: str) -> tuple[str, str]:

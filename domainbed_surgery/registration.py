@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from . import locate
-from .hparams import COMMON
+from .hparams import common_hparams
 
 ORIGIN = "domainbed_surgery"
 
@@ -199,7 +199,7 @@ def registered() -> dict[str, list[str]]:
     return {
         "algorithms": names("domainbed.algorithms", "ALGORITHMS"),
         "datasets": names("domainbed.datasets", "DATASETS"),
-        "hparams": [hp.name for hp in COMMON] if registry and _ours(registry._hparams) else [],
+        "hparams": [hp.name for hp in common_hparams("")] if registry and _ours(registry._hparams) else [],
         "backbones": backbones,
         "launchers": _our_launchers(modules["domainbed.command_launchers"]),
     }

@@ -94,6 +94,21 @@ def algorithm_order(names: Iterable[str], baseline: Optional[str] = DEFAULT_BASE
     return order
 
 
+#: Suffix of the control arm's column (hparam ``surgery_batches: single``, paper Fig. 4).
+SINGLE_DOMAIN_SUFFIX = "-single"
+
+
+def _with_arm_label(record: dict) -> dict:
+    """The record, its algorithm renamed ``<name>-single`` if it ran the single-domain control.
+
+    So a sweep with both arms of the paper's control experiment shows them side by side.
+    """
+    if (record.get("hparams") or {}).get("surgery_batches") != "single":
+        return record
+    args = dict(record["args"], algorithm=record["args"]["algorithm"] + SINGLE_DOMAIN_SUFFIX)
+    return dict(record, args=args)
+
+
 def per_trial_accuracies(records, method) -> pd.DataFrame:
     """Selected test accuracy (%) per (dataset, algorithm, test_env, trial_seed).
 
@@ -110,8 +125,7 @@ def per_trial_accuracies(records, method) -> pd.DataFrame:
 
     if isinstance(method, str):
         method = selection_method(method)
-    if not isinstance(records, Q):
-        records = Q(list(records))
+    records = Q([_with_arm_label(r) for r in records])
     rows = []
     env_names: dict[str, list[str]] = {}
     for group in reporting.get_grouped_records(records):

@@ -14,7 +14,7 @@ OURS = ("AgrSum", "AgrRand", "PCGrad")
 
 # DomainBed's MLP featurizer on flattened images keeps these tests fast on 2 cores;
 # the conv backbones go through the same glue in test_backbones and test_domainbed_scripts.
-MLP = {"mlp_width": 64, "mlp_depth": 3, "mlp_dropout": 0.0}
+MLP = {"mlp_width": 64, "mlp_depth": 3, "mlp_dropout": 0.0, "backbone": None}
 
 
 def hparams_for(domainbed, algorithm, **overrides):
@@ -30,7 +30,7 @@ def make(domainbed, algorithm, n_domains=3, seed=0, **overrides):
 
     torch.manual_seed(seed)
     cls = algorithms.get_algorithm_class(algorithm)
-    return cls((28 * 28,), 10, n_domains, hparams_for(domainbed, algorithm, **overrides))
+    return cls((14 * 14,), 10, n_domains, hparams_for(domainbed, algorithm, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +61,12 @@ def plain_domain_grads(alg, minibatches):
 
 @pytest.mark.parametrize("algorithm", OURS)
 def test_each_algorithm_trains_to_lower_loss(domainbed, digits_batches, algorithm):
-    alg = make(domainbed, algorithm)
+    alg = make(domainbed, algorithm, lr=3e-3)
     x = torch.cat([b[0] for b in digits_batches])
     y = torch.cat([b[1] for b in digits_batches])
     with torch.no_grad():
         before = F.cross_entropy(alg.predict(x), y).item()
-    for _ in range(20):
+    for _ in range(30):
         out = alg.update(digits_batches)
     with torch.no_grad():
         after = F.cross_entropy(alg.predict(x), y).item()
@@ -183,3 +183,16 @@ def test_single_domain_control_arm_uses_one_domain(domainbed, digits_batches):
 def test_bad_surgery_batches_value(domainbed):
     with pytest.raises(ValueError, match="surgery_batches"):
         make(domainbed, "AgrSum", surgery_batches="both")
+
+
+def test_per_layer_agreement_is_logged_on_request(domainbed, digits_batches):
+    alg = make(domainbed, "PCGrad", surgery_layer_agreement=True)
+    out = alg.update(digits_batches)
+    layers = {k: v for k, v in out.items() if k.startswith("agreement/")}
+    names = [n for n, p in alg.network.named_parameters()]
+    assert list(layers) == [f"agreement/{n}" for n in names]
+    sizes = [p.numel() for p in alg.network.parameters()]
+    # the overall fraction is the size-weighted mean of the per-parameter fractions
+    weighted = sum(v * n for v, n in zip(layers.values(), sizes)) / sum(sizes)
+    assert out["agreement"] == pytest.approx(weighted)
+    assert "agreement/0.input.weight" not in make(domainbed, "PCGrad").update(digits_batches)

@@ -79,8 +79,13 @@ def test_backbone_through_a_baseline_and_ours(domainbed, algorithm, backbone, si
 def test_unset_backbone_keeps_domainbed_featurizer(domainbed):
     from domainbed import hparams_registry, networks
 
-    hparams = hparams_registry.default_hparams("ERM", "RotatedDigits")
+    hparams = hparams_registry.default_hparams("ERM", "RotatedMNIST")
+    assert hparams["backbone"] is None
     assert type(networks.Featurizer((1, 28, 28), hparams)).__name__ == "MNIST_CNN"
+    hparams = hparams_registry.default_hparams("ERM", "RotatedDigits")
+    featurizer = networks.Featurizer((1, 14, 14), hparams)  # DomainBed has none for 14x14
+    assert type(featurizer).__name__ == "MNIST_CNN"
+    assert featurizer(torch.zeros(2, 1, 14, 14)).shape == (2, 128)
     hparams = hparams_registry.default_hparams("ERM", "PACS")
     hparams["pretrained"] = False
     with pytest.raises(ValueError, match="only applies to a backbone"):

@@ -38,7 +38,7 @@ def test_domainbed_train_writes_our_diagnostics(domainbed, subprocess_env, tmp_p
     assert [r["step"] for r in recs] == [0, 2]
     for r in recs:
         assert 0 <= r["agreement"] <= 1 and -1 <= r["cosine"] <= 1 and r["loss"] > 0
-        assert r["args"]["algorithm"] == algorithm and r["hparams"]["backbone"] is None
+        assert r["args"]["algorithm"] == algorithm and r["hparams"]["backbone"] == "mnist_cnn"
     assert (out / "done").exists()
 
 

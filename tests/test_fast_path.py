@@ -64,7 +64,7 @@ def minibatches(input_shape, n: int = 3, batch: int = 4, num_classes: int = 7, s
 #: DomainBed's MLP featurizer on 16-d vectors: the cheapest model DomainBed builds.
 MLP_SHAPE = (16,)
 MLP = {"dataset": "RotatedDigits", "num_classes": 10, "mlp_width": 32, "mlp_depth": 3,
-       "mlp_dropout": 0.0}
+       "mlp_dropout": 0.0, "backbone": None}
 
 
 def trainable(alg):

@@ -31,7 +31,7 @@ SHAPE = (12,)  # 1-D inputs: DomainBed's MLP featurizer, fast on a CPU
 
 def hparams(**over):
     hp = hparams_registry.default_hparams("Fishr", "RotatedDigits")
-    hp.update({"mlp_width": 32, "mlp_depth": 3, "mlp_dropout": 0.0})
+    hp.update({"mlp_width": 32, "mlp_depth": 3, "mlp_dropout": 0.0, "backbone": None})
     hp.update(over)
     return hp
 

@@ -21,8 +21,8 @@ def test_registered_names_and_classes(domainbed):
     assert datasets.num_environments("RotatedDigits") == 4
     assert "RotatedDigits" in datasets.DATASETS
     reg = registration.registered()
-    assert reg["algorithms"] == list(OURS) and reg["datasets"] == ["RotatedDigits"]
-    assert reg["backbones"] == ["alexnet", "resnet18", "resnet50"]
+    assert reg["algorithms"] == ["Fishr", *OURS] and reg["datasets"] == ["RotatedDigits", "PACS64"]
+    assert reg["backbones"] == ["alexnet", "mnist_cnn", "resnet18", "resnet50"]
 
 
 def test_register_twice_changes_nothing(domainbed):
@@ -67,7 +67,7 @@ def test_our_hparams_are_ERMs_plus_our_keys(domainbed, algorithm):
     from domainbed.lib import misc
 
     original = hparams_registry._hparams.__wrapped__  # DomainBed's own function
-    ours = {"backbone", "pretrained", "surgery_batches"}
+    ours = {"backbone", "pretrained", "surgery_batches", "surgery_layer_agreement"}
     for dataset, seed in itertools.product(DATASETS, (0, 1, 7, 12345)):
         erm = {k: (d, r) for k, (d, r) in original("ERM", dataset, seed).items()}
         got = hparams_registry._hparams(algorithm, dataset, seed)
@@ -97,6 +97,7 @@ def test_rotated_digits_uses_rotated_mnist_hparams(domainbed):
 
     digits = hparams_registry.default_hparams("ERM", "RotatedDigits")
     mnist = hparams_registry.default_hparams("ERM", "RotatedMNIST")
+    assert digits.pop("backbone") == "mnist_cnn" and mnist.pop("backbone") is None
     assert digits == mnist and digits["batch_size"] == 64 and digits["lr"] == 1e-3
 
 
