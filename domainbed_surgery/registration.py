@@ -29,15 +29,20 @@ def _ours(obj: Any) -> bool:
         obj, "domainbed_surgery", False)
 
 
+def _taken(where: str, existing: Any, strict: bool) -> bool:
+    """True if ``existing`` is someone else's: then raise (``strict``) or warn."""
+    if existing is None or _ours(existing):
+        return False
+    message = f"{where} already exists ({existing!r}); domainbed_surgery does not replace it"
+    if strict:
+        raise RegistrationConflict(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    return True
+
+
 def _add(module: ModuleType, names_list: list, name: str, obj: Any, strict: bool) -> bool:
     """Put ``obj`` at ``module.name`` and in ``names_list``; False if the name is taken."""
-    existing = getattr(module, name, None)
-    if existing is not None and not _ours(existing):
-        message = (f"{module.__name__}.{name} already exists ({existing!r}); "
-                   f"domainbed_surgery does not replace it")
-        if strict:
-            raise RegistrationConflict(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    if _taken(f"{module.__name__}.{name}", getattr(module, name, None), strict):
         return False
     setattr(module, name, obj)
     if name not in names_list:
@@ -107,15 +112,8 @@ def register_launchers(module: ModuleType, strict: bool = True) -> None:
     from .launchers import LAUNCHERS  # noqa: PLC0415 - light: no torch at import
 
     for name, fn in LAUNCHERS.items():
-        existing = module.REGISTRY.get(name)
-        if existing is not None and not _ours(existing):
-            message = (f"{module.__name__}.REGISTRY[{name!r}] already exists ({existing!r}); "
-                       f"domainbed_surgery does not replace it")
-            if strict:
-                raise RegistrationConflict(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
-            continue
-        module.REGISTRY[name] = fn
+        if not _taken(f"{module.__name__}.REGISTRY[{name!r}]", module.REGISTRY.get(name), strict):
+            module.REGISTRY[name] = fn
 
 
 #: The one deliberate exception to "never replace": DomainBed algorithm name ->
