@@ -13,7 +13,7 @@ python -m domainbed_surgery.scripts.sweep launch \
     --algorithms ERM AgrSum AgrRand PCGrad IRM MLDG Mixup GroupDRO Fish Fishr \
     --n_hparams 20 --n_trials 3 \
     --hparams '{"backbone": "resnet50"}' \
-    --data_dir "${DATA_DIR:?set DATA_DIR to DomainBed's data folder}" --output_dir "$OUT" \
+    --data_dir "${DATA_DIR:?set DATA_DIR to the DomainBed data folder}" --output_dir "$OUT" \
     --command_launcher "${LAUNCHER:-parallel}" --skip_confirmation
 python -m domainbed.scripts.collect_results --input_dir "$OUT"
 python -m domainbed_surgery.scripts.report --input_dir "$OUT" --selection iid loo oracle

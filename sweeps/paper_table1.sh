@@ -23,6 +23,6 @@ python -m domainbed_surgery.scripts.sweep launch \
     --single_test_envs --n_hparams 1 --n_trials 20 \
     --steps 1000 --checkpoint_freq 20 \
     --hparams '{"backbone": "alexnet", "pretrained": true, "lr": 1e-05, "weight_decay": 5e-05, "batch_size": 128}' \
-    --data_dir "${DATA_DIR:?set DATA_DIR to DomainBed's data folder}" --output_dir "$OUT" \
+    --data_dir "${DATA_DIR:?set DATA_DIR to the DomainBed data folder}" --output_dir "$OUT" \
     --command_launcher "${LAUNCHER:-parallel}" --skip_confirmation
 python -m domainbed_surgery.scripts.report --input_dir "$OUT"

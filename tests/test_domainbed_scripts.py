@@ -76,3 +76,30 @@ def test_sweep_and_collect_results_show_our_rows(domainbed, subprocess_env, tmp_
     # training-domain validation (the first table) has a number in every cell; DomainBed's
     # leave-one-domain-out selection needs two-test-env runs, so it prints X here
     assert "X" not in rows[0] and "X" not in rows[1]
+
+
+def test_our_sweep_adds_checkpoint_freq_to_every_job(domainbed, subprocess_env, tmp_path):
+    out = run(["domainbed_surgery.scripts.sweep", "launch", "--datasets", "RotatedDigits",
+               "--algorithms", "AgrSum", "PCGrad", "--n_hparams", "1", "--n_trials", "1",
+               "--single_test_envs", "--steps", "40", "--checkpoint_freq", "20",
+               "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "s"),
+               "--command_launcher", "dummy", "--skip_confirmation"], subprocess_env, tmp_path)
+    commands = [line for line in out.splitlines() if line.startswith("Dummy launcher:")]
+    assert len(commands) == 8
+    assert all(c.endswith("--checkpoint_freq 20") and "-m domainbed.scripts.train" in c
+               for c in commands)
+
+
+def test_presets_launch(domainbed, subprocess_env, tmp_path):
+    """Every preset runs its sweep to the launcher (DomainBed's dummy launcher: no training)."""
+    from conftest import REPO
+
+    expected = {"paper_table1.sh": 1920, "pacs64_cpu.sh": 16, "control_single_vs_multi.sh": 72}
+    for preset, n_jobs in expected.items():
+        env = dict(subprocess_env, LAUNCHER="dummy", DATA_DIR=str(tmp_path),
+                   OUT=str(tmp_path / preset))
+        proc = subprocess.run(["bash", str(REPO / "sweeps" / preset)], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.stdout.count("Dummy launcher:") == n_jobs, proc.stderr[-2000:]
+        # no job ran, so the closing report has nothing to read and says so
+        assert "no results.jsonl records" in proc.stderr + proc.stdout
