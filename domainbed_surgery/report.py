@@ -81,13 +81,17 @@ def environments(dataset: str) -> list[str]:
 
 
 def algorithm_order(names: Iterable[str], baseline: Optional[str] = DEFAULT_BASELINE) -> list[str]:
-    """Baseline first, then DomainBed's ``ALGORITHMS`` order (as collect_results), then the rest."""
+    """Baseline first, then DomainBed's ``ALGORITHMS`` order (as collect_results), then the rest;
+    a control arm ``<name>-single`` right after ``<name>``."""
     names = set(names)
     locate.ensure_importable()
     from domainbed import algorithms  # noqa: PLC0415
 
     order = [n for n in algorithms.ALGORITHMS if n in names]
-    order += sorted(n for n in names if n not in order)
+    order += sorted(n for n in names if n not in order and not n.endswith(SINGLE_DOMAIN_SUFFIX))
+    for arm in sorted(n for n in names if n.endswith(SINGLE_DOMAIN_SUFFIX)):
+        base = arm[:-len(SINGLE_DOMAIN_SUFFIX)]
+        order.insert(order.index(base) + 1 if base in order else len(order), arm)
     if baseline in order:
         order.remove(baseline)
         order.insert(0, baseline)

@@ -346,3 +346,15 @@ def test_cli_on_sample(sample, tmp_path, capsys):
         assert rows[target].startswith(f"{mean:.1f} (")  # one algorithm: no best mark
     assert (tmp_path / "VLCS_oracle.md").is_file()
     assert not (tmp_path / "VLCS_iid_boxplot.png").exists()
+
+
+def test_control_arms_are_labelled_and_stand_beside_their_method():
+    from domainbed_surgery import report as rep
+
+    record = {"args": {"algorithm": "AgrSum"}, "hparams": {"surgery_batches": "single"}}
+    assert rep._with_arm_label(record)["args"]["algorithm"] == "AgrSum-single"
+    assert record["args"]["algorithm"] == "AgrSum"  # the input is not modified
+    plain = {"args": {"algorithm": "AgrSum"}, "hparams": {"surgery_batches": "multi"}}
+    assert rep._with_arm_label(plain) is plain
+    order = rep.algorithm_order(["PCGrad-single", "AgrSum", "PCGrad", "AgrSum-single", "ERM"])
+    assert order == ["ERM", "AgrSum", "AgrSum-single", "PCGrad", "PCGrad-single"]
