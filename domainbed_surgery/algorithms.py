@@ -49,7 +49,9 @@ class GradientSurgery(ERM):
         # DomainBed seeds torch with --seed right before building the algorithm.
         self._seed = torch.initial_seed()
         self._generators: dict[str, torch.Generator] = {}  # by device type
-        self._params: tuple[torch.nn.Parameter, ...] = ()
+        self._params: tuple[torch.nn.Parameter, ...] = ()  # trainable, in buffer order
+        self._names: list[str] = []  # their names in self.network
+        self._sizes: list[int] = []  # their numel
         self._grads: Optional[Tensor] = None  # [N, P]: one row per domain
         self._rows: list[list[Tensor]] = []  # per domain, per parameter: views of _grads
         self._combined: Optional[Tensor] = None  # [P]: the update
