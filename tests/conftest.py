@@ -15,6 +15,17 @@ _domainbed_outcomes: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
 _skip_reasons: set[str] = set()
 
 
+def require_domainbed() -> None:
+    """For test modules that need DomainBed at import: register it, or skip the module loudly."""
+    from domainbed_surgery import register
+    from domainbed_surgery.locate import DomainBedNotFound
+
+    try:
+        register()
+    except DomainBedNotFound as exc:
+        pytest.skip(f"DomainBed integration skipped: {exc}", allow_module_level=True)
+
+
 @pytest.fixture(scope="session")
 def domainbed():
     """DomainBed with everything of ours registered; skips loudly without a checkout."""
@@ -57,6 +68,13 @@ def pytest_runtest_logreport(report):
         _skip_reasons.add(reason)
     elif report.failed:
         _domainbed_outcomes["failed"] += 1
+
+
+def pytest_collectreport(report):
+    if report.skipped and "DomainBed integration skipped" in str(report.longrepr):
+        _domainbed_outcomes["skipped"] += 1
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skip_reasons.add(f"{report.nodeid}: {reason}")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -230,7 +230,7 @@ def read_csv(path):
 
 
 @pytest.mark.domainbed
-def test_gradient_similarity_cli_on_rotated_digits(tmp_path, capsys):
+def test_gradient_similarity_cli_on_rotated_digits(domainbed, tmp_path, capsys):
     pytest.importorskip("sklearn")
     from domainbed_surgery.scripts import gradient_similarity as cli
 
@@ -283,7 +283,7 @@ def write_run(sweep, name, algorithm, test_env, trial_seed, values, hparams_seed
             f.write(json.dumps(record) + "\n")
 
 
-def test_agreement_curves_numbers_and_files(tmp_path, capsys):
+def test_agreement_curves_numbers_and_files(domainbed, tmp_path, capsys):
     from domainbed_surgery.scripts import agreement_curves as cli
 
     sweep = tmp_path / "sweep"
@@ -321,7 +321,7 @@ def test_agreement_curves_numbers_and_files(tmp_path, capsys):
     assert agr_sum["n"].tolist() == [2, 2, 2]
 
 
-def test_agreement_curves_per_layer(tmp_path, capsys):
+def test_agreement_curves_per_layer(domainbed, tmp_path, capsys):
     from domainbed_surgery.scripts import agreement_curves as cli
 
     sweep = tmp_path / "sweep"
@@ -346,7 +346,7 @@ def test_agreement_curves_per_layer(tmp_path, capsys):
     assert "no 'agreement/<layer>' keys" in capsys.readouterr().out
 
 
-def test_agreement_curves_without_diagnostics_says_so(tmp_path, capsys):
+def test_agreement_curves_without_diagnostics_says_so(domainbed, tmp_path, capsys):
     from domainbed_surgery.scripts import agreement_curves as cli
 
     sweep = tmp_path / "sweep"

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 import domainbed_surgery
+from conftest import require_domainbed
 
-domainbed_surgery.register()
+require_domainbed()
 
 from domainbed import algorithms as db_algorithms  # noqa: E402
 from domainbed import hparams_registry  # noqa: E402

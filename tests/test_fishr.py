@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import domainbed_surgery
+from conftest import require_domainbed
 
-domainbed_surgery.register()
+require_domainbed()
 
 from domainbed import algorithms, hparams_registry, networks  # noqa: E402
 from domainbed.lib import misc  # noqa: E402

@@ -164,7 +164,7 @@ def test_interrupted_job_is_incomplete_for_domainbed_sweep(tmp_path, cpu_env):
 
 
 # -- registration ------------------------------------------------------------------------
-def test_registration_is_idempotent_and_reported():
+def test_registration_is_idempotent_and_reported(domainbed):
     domainbed_surgery.register()
     from domainbed import command_launchers
 
@@ -176,7 +176,7 @@ def test_registration_is_idempotent_and_reported():
     assert command_launchers.REGISTRY["local"].__module__ == "domainbed.command_launchers"
 
 
-def test_foreign_launcher_is_not_replaced(monkeypatch):
+def test_foreign_launcher_is_not_replaced(domainbed, monkeypatch):
     from domainbed import command_launchers
 
     def foreign(commands):

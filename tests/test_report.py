@@ -348,7 +348,7 @@ def test_cli_on_sample(sample, tmp_path, capsys):
     assert not (tmp_path / "VLCS_iid_boxplot.png").exists()
 
 
-def test_control_arms_are_labelled_and_stand_beside_their_method():
+def test_control_arms_are_labelled_and_stand_beside_their_method(domainbed):
     from domainbed_surgery import report as rep
 
     record = {"args": {"algorithm": "AgrSum"}, "hparams": {"surgery_batches": "single"}}
