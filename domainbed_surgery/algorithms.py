@@ -151,10 +151,10 @@ class GradientSurgery(ERM):
 
         agreement = mask.count_nonzero() / mask.numel()
         cosine = surgery.pairwise_cosine(gram.to(torch.float64))
-        values = [losses.mean().double(), agreement.double(), cosine]
+        values = [losses.mean(), agreement, cosine]
         if self.layer_agreement:
             values += [m.count_nonzero() / m.numel() for m in mask.split(self._sizes)]
-        values = torch.stack([v.double() for v in values]).tolist()
+        values = torch.stack([v.double() for v in values]).tolist()  # one device sync
         logged = {"loss": values[0], "agreement": values[1], "cosine": values[2]}
         if self.layer_agreement:
             logged.update({f"agreement/{name}": v for name, v in zip(self._names, values[3:])})

@@ -29,14 +29,19 @@ def _ours(obj: Any) -> bool:
         obj, "domainbed_surgery", False)
 
 
-def _taken(where: str, existing: Any, strict: bool) -> bool:
-    """True if ``existing`` is someone else's: then raise (``strict``) or warn."""
-    if existing is None or _ours(existing):
-        return False
-    message = f"{where} already exists ({existing!r}); domainbed_surgery does not replace it"
+def _refuse(message: str, strict: bool) -> None:
+    """A name we will not take: raise (``strict``, explicit ``register()``) or warn (the hook)."""
     if strict:
         raise RegistrationConflict(message)
     warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _taken(where: str, existing: Any, strict: bool) -> bool:
+    """True if ``existing`` is someone else's: then :func:`_refuse`."""
+    if existing is None or _ours(existing):
+        return False
+    _refuse(f"{where} already exists ({existing!r}); domainbed_surgery does not replace it",
+            strict)
     return True
 
 
@@ -140,11 +145,8 @@ def replace_algorithms(module: ModuleType, strict: bool = True) -> None:
         if current is ours:
             continue
         if current is None or getattr(current, "__module__", None) != module.__name__:
-            message = (f"{module.__name__}.{name} is {current!r}, not DomainBed's own; "
-                       f"domainbed_surgery does not replace it")
-            if strict:
-                raise RegistrationConflict(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            _refuse(f"{module.__name__}.{name} is {current!r}, not DomainBed's own; "
+                    "domainbed_surgery does not replace it", strict)
             continue
         ours.original = current
         setattr(module, keep_as, current)
