@@ -63,21 +63,17 @@ def _all_rows(grads: Tensor, compare) -> Tensor:
     return result
 
 
-def _strict_agreement(grads: Tensor) -> Tensor:
-    """True where all N components are nonzero with one common sign."""
-    return _all_rows(grads, lambda r: r > 0) | _all_rows(grads, lambda r: r < 0)
-
-
 def agreement_mask(grads: Tensor) -> Tensor:
-    """Eq. 2: ``bool[P]``, true where ``sgn(g_k^(1)) = ... = sgn(g_k^(N))``.
+    """Eq. 2: ``bool[P]``, true where all N components are nonzero with one common sign.
 
-    ``sgn(0) = 0``, so an exact zero never agrees with a nonzero component, while a
-    component that is zero in every domain agrees (all signs equal 0). The paper's
-    public code differs on that last case only: it counts all-zero components as
-    conflicts, which matters for Agr-Rand (they would receive noise).
+    This is the authors' released rule (``|sum_i sgn(g_k^(i))| == N``): a component that
+    is zero in some domain conflicts, including one that is zero in *every* domain (Eq. 2
+    read literally would let ``sgn(0) = ... = sgn(0)`` agree). It matters for Agr-Rand,
+    whose noise goes to every conflicting component and whose sigma averages over the
+    agreeing ones, and for the logged agreement fraction; Agr-Sum's sum is 0 there anyway.
     """
     _check_grads(grads)
-    return _strict_agreement(grads) | _all_rows(grads, lambda r: r == 0)
+    return _all_rows(grads, lambda r: r > 0) | _all_rows(grads, lambda r: r < 0)
 
 
 def _check_mask(mask: Tensor, grads: Tensor) -> None:
@@ -96,8 +92,7 @@ def agr_sum(grads: Tensor, generator: Optional[torch.Generator] = None, *,
     """
     _check_grads(grads)
     if mask is None:
-        # All-zero components have a zero sum, so the strict mask gives Eq. 3 exactly.
-        mask = _strict_agreement(grads)
+        mask = agreement_mask(grads)
     _check_mask(mask, grads)
     total = torch.sum(grads, dim=0, out=out)
     return total.mul_(mask)
@@ -108,13 +103,18 @@ def agr_rand(grads: Tensor, generator: Optional[torch.Generator] = None, *,
     """Eq. 4 (Agr-Rand): the sum where domains agree, ``N(0, sigma^2)`` samples elsewhere.
 
     ``sigma`` is the mean of ``|g*_p|`` over the agreeing components ``p`` of the
-    whole model (Eq. 2 mask, so components that are zero in every domain count,
-    with ``|g*_p| = 0``). If no component agrees, ``sigma`` has no reference scale
-    and is defined as 0: the result is then all zeros (the paper's code gives NaN).
+    whole model (:func:`agreement_mask`: components that are zero in every domain
+    conflict, so they get noise and stay out of the mean, as in the authors' code).
+    If no component agrees, ``sigma`` has no reference scale and is defined as 0: the
+    result is then all zeros (the authors' code gives NaN there). With a single domain
+    (N = 1) there is nothing to agree with and the gradient is returned unchanged
+    (the authors' rule would put noise on its exact zeros).
     ``mask`` may pass a precomputed :func:`agreement_mask` of ``grads``.
     """
     _check_grads(grads)
     _check_generator(generator, grads)
+    if grads.shape[0] == 1:  # one domain: nothing to agree with, the plain gradient
+        return grads[0].clone() if out is None else out.copy_(grads[0])
     agree = agreement_mask(grads) if mask is None else mask
     _check_mask(agree, grads)
     total = torch.sum(grads, dim=0, out=out)

@@ -15,24 +15,38 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-# --- Eq. 2: agreement mask ---------------------------------------------------------
+# --- Eq. 2: agreement mask (the authors' rule: all N components nonzero, one sign) --
 def test_agreement_mask_hand_computed():
     grads = T([[1.0, -2.0, 3.0, 0.0, 0.0, -1.0],
                [2.0, -1.0, -3.0, 0.0, 1.0, -0.5],
                [0.5, -4.0, 1.0, 0.0, 1.0, -2.0]])
-    # agree(+), agree(-), conflict, all zero (sgn equal), zero vs nonzero, agree(-)
-    assert surgery.agreement_mask(grads).tolist() == [True, True, False, True, False, True]
+    # agree(+), agree(-), conflict, all zero (a conflict, as in the authors' code),
+    # zero vs nonzero, agree(-)
+    assert surgery.agreement_mask(grads).tolist() == [True, True, False, False, False, True]
 
 
-def test_agreement_mask_matches_sign_definition_on_random_inputs():
-    g = torch.randint(-2, 3, (3, 500)).float()  # many exact zeros
-    s = torch.sign(g)
-    expected = (s == s[0]).all(dim=0)
-    assert torch.equal(surgery.agreement_mask(g), expected)
+def test_all_zero_columns_are_conflicts():
+    """A component that is zero in every domain has no common sign: the mask is False."""
+    grads = T([[0.0, 0.0, 2.0], [0.0, -0.0, 3.0]])
+    assert surgery.agreement_mask(grads).tolist() == [False, False, True]
+    assert surgery.agreement_mask(T([[0.0, 5.0]])).tolist() == [False, True]  # N = 1
+
+
+def authors_mask(g):
+    """The authors' code: ``|sum_i sgn(g_i)| == N`` (DGvGS, src/gradient.py)."""
+    return torch.sign(g).sum(dim=0).abs() == g.shape[0]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_agreement_mask_is_the_authors_rule_on_random_inputs(n):
+    g = torch.randint(-2, 3, (n, 500), generator=gen(n)).float()  # many exact zeros
+    assert torch.equal(surgery.agreement_mask(g), authors_mask(g))
+    # ... which is the strict rule: every component nonzero, all of one sign
+    assert torch.equal(surgery.agreement_mask(g), (g > 0).all(0) | (g < 0).all(0))
 
 
 def test_negative_zero_counts_as_zero():
-    assert surgery.agreement_mask(T([[0.0], [-0.0]])).tolist() == [True]
+    assert surgery.agreement_mask(T([[0.0, 1.0], [-0.0, 1.0]])).tolist() == [False, True]
 
 
 # --- Eq. 3: Agr-Sum ----------------------------------------------------------------
@@ -73,15 +87,18 @@ def test_agr_rand_keeps_agreeing_sum_and_noises_conflicts():
 
 
 def test_agr_rand_sigma_is_mean_abs_of_agreeing_components():
-    # agreeing sums: 2, -6 (|.| mean = 4); all-zero component agrees with |g*| = 0
-    # -> sigma = (2 + 6 + 0) / 3; 20000 conflicting components receive N(0, sigma^2)
-    agree = T([[1.0, -3.0, 0.0], [1.0, -3.0, 0.0]])
+    # agreeing sums: 2, -6 -> sigma = (2 + 6) / 2 = 4. The all-zero component is a
+    # conflict (authors' rule): it is not in sigma's mean and it receives noise, like the
+    # 20000 conflicting components; all of them N(0, sigma^2)
+    agree = T([[1.0, -3.0], [1.0, -3.0]])
     conflict = torch.stack([torch.ones(20000), -torch.ones(20000)])
+    conflict[:, :5000] = 0.0  # zero in every domain
     grads = torch.cat([agree, conflict], dim=1)
     out = surgery.agr_rand(grads, gen(1))
-    assert out[:3].tolist() == [2.0, -6.0, 0.0]
-    noise = out[3:].double().numpy()
-    sigma = 8.0 / 3.0
+    assert out[:2].tolist() == [2.0, -6.0]
+    noise = out[2:].double().numpy()
+    assert (noise[:5000] != 0).all()  # the all-zero components got noise too
+    sigma = 4.0
     assert abs(noise.std() / sigma - 1) < 0.03
     assert abs(noise.mean()) < 4 * sigma / 20000 ** 0.5
     # the samples are normal with that scale (Kolmogorov-Smirnov)
@@ -188,3 +205,9 @@ def test_generator_on_the_wrong_device_is_refused():
     meta = torch.zeros(2, 3, device="meta")
     with pytest.raises(ValueError, match="generator"):
         surgery.agr_rand(meta, torch.Generator())
+
+
+def test_single_domain_with_exact_zeros_is_the_plain_gradient():
+    g = T([[0.0, 1.5, 0.0, -2.0]])
+    for rule in surgery.RULES.values():
+        assert rule(g, gen()).tolist() == [0.0, 1.5, 0.0, -2.0]
