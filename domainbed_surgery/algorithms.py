@@ -2,9 +2,11 @@
 
 They keep ERM's featurizer, classifier, Adam optimizer and ``predict``. One
 :meth:`GradientSurgery.update` computes one gradient per training-domain minibatch
-(a separate forward and backward each, so BatchNorm sees per-domain statistics),
-written straight into the rows of one preallocated ``[N, P]`` buffer, combines them
-with the algorithm's rule from :mod:`domainbed_surgery.surgery` and takes one step.
+(a separate forward and backward each, so BatchNorm normalizes by per-domain batch
+statistics), written straight into the rows of one preallocated ``[N, P]`` buffer,
+combines them with the algorithm's rule from :mod:`domainbed_surgery.surgery` and takes
+one step. BatchNorm running statistics take one update per step from the mean of the
+per-domain batch statistics (:mod:`domainbed_surgery.batchnorm`), not N ordered ones.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from domainbed.algorithms import ERM
 from torch import Tensor
 
 from . import surgery
+from .batchnorm import PooledBatchNormStats
 from .hparams import SURGERY_BATCHES
 
 
@@ -139,8 +142,11 @@ class GradientSurgery(ERM):
                           "surgery has nothing to combine, so this is plain ERM.", stacklevel=2)
             self._warned_single_domain = True
 
-        grads, losses = self.domain_gradients(self.gradient_batches(minibatches))
+        # Per-domain batch statistics in the forwards, one pooled running update per step.
+        with PooledBatchNormStats(self.network) as batchnorm:
+            grads, losses = self.domain_gradients(self.gradient_batches(minibatches))
         gram = _checked_gram(grads)
+        batchnorm.commit()
         mask = surgery.agreement_mask(grads)  # for the rule and the diagnostic
         combined = self.combine(grads, gram, mask)
         if combined is not self._combined:

@@ -146,6 +146,39 @@ def test_batchnorm_and_dropout_per_domain_passes():
     assert not torch.allclose(union, per_domain.mean(dim=0), rtol=1e-3, atol=1e-6)
 
 
+def test_update_takes_one_order_free_batchnorm_update_per_step():
+    """ResNet-18 (BatchNorm in train mode), 3 domains: ``update`` keeps per-domain batch
+    statistics in the forwards but moves the running statistics once per step, from the
+    mean of the per-domain batch statistics, whatever the order of the domains.
+
+    Known answer for the first BatchNorm (its input is ``conv1(x)``):
+    ``(1 - m) * old + m * mean_d(batch statistic of conv1(x_d))``.
+    """
+    shape = (3, 16, 16)
+    first = make("AgrSum", shape, backbone="resnet18")
+    permuted = copy.deepcopy(first)
+    batches = minibatches(shape)
+    bn1 = first.featurizer.network.bn1
+    m, old_mean, old_var = bn1.momentum, bn1.running_mean.clone(), bn1.running_var.clone()
+    with torch.no_grad():
+        acts = [first.featurizer.network.conv1(x) for x, _ in batches]
+    mean_d = torch.stack([a.mean(dim=(0, 2, 3)) for a in acts]).mean(0)
+    var_d = torch.stack([a.var(dim=(0, 2, 3), unbiased=True) for a in acts]).mean(0)
+
+    first.update(batches)
+    permuted.update([batches[2], batches[0], batches[1]])
+
+    torch.testing.assert_close(bn1.running_mean, (1 - m) * old_mean + m * mean_d)
+    torch.testing.assert_close(bn1.running_var, (1 - m) * old_var + m * var_d)
+    counts = {v.item() for k, v in first.network.named_buffers() if k.endswith("num_batches_tracked")}
+    assert counts == {1}
+    for (name, a), b in zip(first.network.named_buffers(), permuted.network.buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+    # AgrSum is symmetric in the domains: the same update up to float summation order
+    for a, b in zip(trainable(first), trainable(permuted)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_unused_parameters_are_zero_and_frozen_ones_are_skipped():
     """An unused parameter's slice is zero; a frozen one is not in the buffer, .grad stays None."""
     shape = MLP_SHAPE
