@@ -12,6 +12,7 @@ per-domain batch statistics (:mod:`domainbed_surgery.batchnorm`), not N ordered 
 from __future__ import annotations
 
 import collections
+import math
 import warnings
 from typing import ClassVar, Optional
 
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from . import surgery
 from .batchnorm import PooledBatchNormStats
-from .hparams import SURGERY_BATCHES
+from .hparams import SURGERY_BATCHES, SURGERY_REDUCTIONS
 
 
 class GradientSurgery(ERM):
@@ -31,7 +32,8 @@ class GradientSurgery(ERM):
     Subclasses set :attr:`rule`. ``update`` returns ``loss`` (mean of the domain
     losses), ``agreement`` (fraction of parameters on which all domain gradients
     agree in sign, Eq. 2) and ``cosine`` (mean pairwise cosine similarity of the
-    domain gradients); DomainBed logs them to ``results.jsonl``.
+    domain gradients; absent when no pair has one, e.g. with a single domain);
+    DomainBed logs them to ``results.jsonl``.
 
     hparam ``surgery_batches``: "multi" (default) combines one gradient per source
     domain; "single" is the paper's control (Fig. 4): each step draws one source
@@ -40,6 +42,10 @@ class GradientSurgery(ERM):
     domain per step, so the N batches of d are its N most recent ones (this step's
     and the N-1 previous steps'); each batch is thus used once in expectation, as in
     the "multi" arm. During the first N-1 steps the missing batches repeat d's.
+
+    hparam ``surgery_reduction``: "sum" (default; the paper's Eq. 3-5 and the authors'
+    code sum the domain gradients) or "mean" (the rule's result divided by N, the scale
+    of ERM's mean-loss gradient, so Adam's weight decay acts as it does for ERM).
 
     hparam ``surgery_layer_agreement`` (default false): also return the agreement
     fraction of every parameter tensor as ``agreement/<parameter name>``.
@@ -64,6 +70,10 @@ class GradientSurgery(ERM):
         if self.surgery_batches not in SURGERY_BATCHES:
             raise ValueError(f"hparam surgery_batches must be one of {SURGERY_BATCHES}, "
                              f"got {self.surgery_batches!r}")
+        self.surgery_reduction = hparams.get("surgery_reduction", "sum")
+        if self.surgery_reduction not in SURGERY_REDUCTIONS:
+            raise ValueError(f"hparam surgery_reduction must be one of {SURGERY_REDUCTIONS}, "
+                             f"got {self.surgery_reduction!r}")
         self._recent: dict[int, collections.deque] = {}  # "single" arm: domain -> batches
         self.layer_agreement = bool(hparams.get("surgery_layer_agreement", False))
 
@@ -151,6 +161,8 @@ class GradientSurgery(ERM):
         combined = self.combine(grads, gram, mask)
         if combined is not self._combined:
             self._combined.copy_(combined)
+        if self.surgery_reduction == "mean":
+            self._combined.div_(grads.shape[0])
         for p, g in zip(self._params, self._combined_views):
             p.grad = g
         self.optimizer.step()
@@ -162,6 +174,8 @@ class GradientSurgery(ERM):
             values += [m.count_nonzero() / m.numel() for m in mask.split(self._sizes)]
         values = torch.stack([v.double() for v in values]).tolist()  # one device sync
         logged = {"loss": values[0], "agreement": values[1], "cosine": values[2]}
+        if math.isnan(logged["cosine"]):  # no defined pair (one domain, zero gradients)
+            del logged["cosine"]
         if self.layer_agreement:
             logged.update({f"agreement/{name}": v for name, v in zip(self._names, values[3:])})
         return logged

@@ -1,8 +1,9 @@
 """The hparams we add to DomainBed's registry, seeded by name like DomainBed's own.
 
 Our surgery algorithms add no tuned hyper-parameter (paper, Sec. 5): they get
-exactly ERM's hparams, plus ``surgery_batches``, the switch of the paper's control
-experiment (Fig. 4), which is never searched. Every algorithm gets ``backbone``
+exactly ERM's hparams, plus fixed switches that are never searched: ``surgery_batches``
+(the paper's control experiment, Fig. 4), ``surgery_reduction`` (sum or mean of the
+domain gradients) and ``surgery_layer_agreement`` (a diagnostic). Every algorithm gets ``backbone``
 and ``pretrained``.
 """
 
@@ -42,8 +43,13 @@ def common_hparams(dataset: str) -> tuple[HParam, ...]:
 SURGERY = (
     HParam("surgery_batches", "multi", lambda r: "multi"),
     HParam("surgery_layer_agreement", False, lambda r: False),
+    HParam("surgery_reduction", "sum", lambda r: "sum"),
 )
 SURGERY_BATCHES = ("multi", "single")
+#: ``surgery_reduction``: "sum" (the paper's Eq. 3-5 and the authors' code) or "mean" (the
+#: rule's result divided by N: the scale of ERM's mean-loss gradient). Adam is scale-free
+#: but for its eps and its L2 weight decay, which "sum" makes N times weaker than ERM's.
+SURGERY_REDUCTIONS = ("sum", "mean")
 
 
 def extra_hparams(algorithm: str, dataset: str) -> tuple[HParam, ...]:

@@ -128,7 +128,9 @@ def test_single_domain_is_plain_gradient_with_one_warning(domainbed, digits_batc
                                rtol=1e-5, atol=1e-7)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        alg.update(digits_batches[:1])  # no second warning
+        out = alg.update(digits_batches[:1])  # no second warning
+    # no pair of domains: no cosine is defined, so none is logged (not a NaN)
+    assert set(out) == {"loss", "agreement"}
 
 
 def test_non_finite_domain_gradient_raises_and_leaves_weights(domainbed, digits_batches):
@@ -201,3 +203,34 @@ def test_per_layer_agreement_is_logged_on_request(domainbed, digits_batches):
     weighted = sum(v * n for v, n in zip(layers.values(), sizes)) / sum(sizes)
     assert out["agreement"] == pytest.approx(weighted)
     assert "agreement/0.input.weight" not in make(domainbed, "PCGrad").update(digits_batches)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradient_scale_against_erm(domainbed, digits_batches, reduction):
+    """Every domain given the same minibatch, no BatchNorm, no dropout: the domain
+    gradients are identical, so AgrSum's rule keeps all of them (exact zeros are 0 for
+    ERM too). ``mean`` takes ERM's step; ``sum`` (the paper) takes N times ERM's gradient,
+    which Adam turns into ERM's step with weight decay divided by N (up to Adam's eps)."""
+    # float64: ERM's mean over the concatenated batch and the per-domain gradients then
+    # differ by ~1e-16 only, which Adam cannot amplify into a visible difference
+    batch = tuple(t.double() if t.is_floating_point() else t for t in digits_batches[0])
+    wd = 0.05
+    ours = make(domainbed, "AgrSum", surgery_reduction=reduction, weight_decay=wd).double()
+    same = make(domainbed, "ERM", weight_decay=wd if reduction == "mean" else wd / 3).double()
+    other = make(domainbed, "ERM", weight_decay=wd / 3 if reduction == "mean" else wd).double()
+    for alg in (ours, same, other):  # Adam's eps is its only scale: take it out of the way
+        alg.optimizer.param_groups[0]["eps"] = 1e-30
+    for _ in range(4):
+        ours.update([batch] * 3)
+        same.update([batch] * 3)
+        other.update([batch] * 3)
+    for a, b in zip(ours.network.parameters(), same.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    # ... and the other scale is measurably another step
+    assert not all(torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+                   for a, b in zip(ours.network.parameters(), other.network.parameters()))
+
+
+def test_bad_surgery_reduction_value(domainbed):
+    with pytest.raises(ValueError, match="surgery_reduction"):
+        make(domainbed, "AgrSum", surgery_reduction="median")

@@ -67,16 +67,19 @@ def test_our_hparams_are_ERMs_plus_our_keys(domainbed, algorithm):
     from domainbed.lib import misc
 
     original = hparams_registry._hparams.__wrapped__  # DomainBed's own function
-    ours = {"backbone", "pretrained", "surgery_batches", "surgery_layer_agreement"}
+    ours = {"backbone", "pretrained", "surgery_batches", "surgery_layer_agreement",
+            "surgery_reduction"}
     for dataset, seed in itertools.product(DATASETS, (0, 1, 7, 12345)):
         erm = {k: (d, r) for k, (d, r) in original("ERM", dataset, seed).items()}
         got = hparams_registry._hparams(algorithm, dataset, seed)
         assert set(got) == set(erm) | ours
         assert {k: got[k] for k in erm} == erm
     assert hparams_registry.default_hparams(algorithm, "PACS")["surgery_batches"] == "multi"
+    assert hparams_registry.default_hparams(algorithm, "PACS")["surgery_reduction"] == "sum"
     random = hparams_registry.random_hparams(algorithm, "PACS", misc.seed_hash(3, 0))
     erm_random = {k: r for k, (d, r) in original("ERM", "PACS", misc.seed_hash(3, 0)).items()}
     assert {k: random[k] for k in erm_random} == erm_random
+    assert random["surgery_reduction"] == "sum"  # fixed: never part of the search
 
 
 @pytest.mark.parametrize("algorithm", ("ERM", "IRM", "MLDG", "Mixup", "GroupDRO", "Fish", "Fishr"))
