@@ -94,7 +94,8 @@ def test_presets_launch(domainbed, subprocess_env, tmp_path):
     """Every preset runs its sweep to the launcher (DomainBed's dummy launcher: no training)."""
     from conftest import REPO
 
-    expected = {"paper_table1.sh": 1920, "pacs64_cpu.sh": 16, "control_single_vs_multi.sh": 72}
+    # paper_table1.sh (1920 jobs) is launched by test_paper_preset_is_the_authors_protocol
+    expected = {"pacs64_cpu.sh": 16, "control_single_vs_multi.sh": 72}
     for preset, n_jobs in expected.items():
         env = dict(subprocess_env, LAUNCHER="dummy", DATA_DIR=str(tmp_path),
                    OUT=str(tmp_path / preset))
@@ -103,3 +104,25 @@ def test_presets_launch(domainbed, subprocess_env, tmp_path):
         assert proc.stdout.count("Dummy launcher:") == n_jobs, proc.stderr[-2000:]
         # no job ran, so the closing report has nothing to read and says so
         assert "no results.jsonl records" in proc.stderr + proc.stdout
+
+
+def test_paper_preset_is_the_authors_protocol(domainbed, subprocess_env, tmp_path):
+    """sweeps/paper_table1.sh: no data augmentation (the authors' code has none), AlexNet
+    pretrained, Adam lr 1e-5 / weight decay 5e-5, 128 per domain, 1000 steps, validation
+    every 20 steps, 20 trials of fixed hparams, for every job."""
+    from conftest import REPO
+
+    env = dict(subprocess_env, LAUNCHER="dummy", DATA_DIR=str(tmp_path), OUT=str(tmp_path / "p"))
+    proc = subprocess.run(["bash", str(REPO / "sweeps" / "paper_table1.sh")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    jobs = [line for line in proc.stdout.splitlines() if line.startswith("Dummy launcher:")]
+    assert len(jobs) == 1920, proc.stderr[-2000:]
+    assert "no results.jsonl records" in proc.stderr + proc.stdout  # the report ran
+    for job in jobs:
+        hparams = json.loads(job.split("--hparams ", 1)[1].split("'")[1])
+        assert hparams == {"backbone": "alexnet", "pretrained": True, "lr": 1e-5,
+                           "weight_decay": 5e-5, "batch_size": 128,
+                           "data_augmentation": False}, job
+        assert "--steps 1000" in job and job.endswith("--checkpoint_freq 20")
+        assert "--hparams_seed 0" in job
+    assert {int(j.split("--trial_seed ")[1].split()[0]) for j in jobs} == set(range(20))
