@@ -1,12 +1,14 @@
-"""DomainBed glue: AgrSum, AgrRand and PCGrad as subclasses of DomainBed's ``ERM``.
+"""DomainBed glue: one ``GradientSurgery(ERM)`` class per registered rule.
 
-They keep ERM's featurizer, classifier, Adam optimizer and ``predict``. One
+Every rule of :mod:`domainbed_surgery.rules` (AgrSum, AgrRand, PCGrad and TorchJD's
+aggregators) becomes a subclass of DomainBed's ``ERM`` named after the rule, keeping
+ERM's featurizer, classifier, Adam optimizer and ``predict``. One
 :meth:`GradientSurgery.update` computes one gradient per training-domain minibatch
 (a separate forward and backward each, so BatchNorm normalizes by per-domain batch
 statistics), written straight into the rows of one preallocated ``[N, P]`` buffer,
-combines them with the algorithm's rule from :mod:`domainbed_surgery.surgery` and takes
-one step. BatchNorm running statistics take one update per step from the mean of the
-per-domain batch statistics (:mod:`domainbed_surgery.batchnorm`), not N ordered ones.
+combines them with the rule and takes one step. BatchNorm running statistics take one
+update per step from the mean of the per-domain batch statistics
+(:mod:`domainbed_surgery.batchnorm`), not N ordered ones.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from domainbed.algorithms import ERM
 from torch import Tensor
 
-from . import surgery
+from . import rules
 from .batchnorm import PooledBatchNormStats
 from .hparams import SURGERY_BATCHES, SURGERY_REDUCTIONS
 
@@ -29,7 +31,8 @@ from .hparams import SURGERY_BATCHES, SURGERY_REDUCTIONS
 class GradientSurgery(ERM):
     """ERM trained on a surgery-combined update of the per-domain gradients.
 
-    Subclasses set :attr:`rule`. ``update`` returns ``loss`` (mean of the domain
+    Subclasses set :attr:`rule_class`; the instance's :attr:`rule` is configured from
+    the hparams (and keeps the rule's state across steps). ``update`` returns ``loss`` (mean of the domain
     losses), ``agreement`` (fraction of parameters on which all domain gradients
     agree in sign, Eq. 2) and ``cosine`` (mean pairwise cosine similarity of the
     domain gradients; absent when no pair has one, e.g. with a single domain);
@@ -43,18 +46,23 @@ class GradientSurgery(ERM):
     and the N-1 previous steps'); each batch is thus used once in expectation, as in
     the "multi" arm. During the first N-1 steps the missing batches repeat d's.
 
-    hparam ``surgery_reduction``: "sum" (default; the paper's Eq. 3-5 and the authors'
-    code sum the domain gradients) or "mean" (the rule's result divided by N, the scale
-    of ERM's mean-loss gradient, so Adam's weight decay acts as it does for ERM).
+    hparam ``surgery_reduction``: the scale of the update, "sum" or "mean" of the N domain
+    gradients. The default is the scale the rule was published at (``native_scale``:
+    "sum" for the paper's Eq. 3-5 and the authors' code); the other value multiplies or
+    divides the rule's result by N ("mean" is the scale of ERM's mean-loss gradient, so
+    Adam's weight decay acts as it does for ERM).
 
     hparam ``surgery_layer_agreement`` (default false): also return the agreement
     fraction of every parameter tensor as ``agreement/<parameter name>``.
     """
 
-    rule: ClassVar[surgery.Rule]
+    rule_class: ClassVar[type[rules.Rule]]
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
+        # Fails before any network is built if the rule's dependencies are missing.
+        rule = type(self).rule_class.from_hparams(hparams)
         super().__init__(input_shape, num_classes, num_domains, hparams)
+        self.rule = rule
         # DomainBed seeds torch with --seed right before building the algorithm.
         self._seed = torch.initial_seed()
         self._generators: dict[str, torch.Generator] = {}  # by device type
@@ -70,7 +78,7 @@ class GradientSurgery(ERM):
         if self.surgery_batches not in SURGERY_BATCHES:
             raise ValueError(f"hparam surgery_batches must be one of {SURGERY_BATCHES}, "
                              f"got {self.surgery_batches!r}")
-        self.surgery_reduction = hparams.get("surgery_reduction", "sum")
+        self.surgery_reduction = hparams.get("surgery_reduction", self.rule.native_scale)
         if self.surgery_reduction not in SURGERY_REDUCTIONS:
             raise ValueError(f"hparam surgery_reduction must be one of {SURGERY_REDUCTIONS}, "
                              f"got {self.surgery_reduction!r}")
@@ -141,8 +149,19 @@ class GradientSurgery(ERM):
         return [recent[k % len(recent)] for k in range(n)]
 
     def combine(self, grads: Tensor, gram: Tensor, mask: Tensor) -> Tensor:
-        """Apply the rule into the preallocated update vector (``mask``: Eq. 2 of ``grads``)."""
-        return type(self).rule(grads, self._rng(grads.device), out=self._combined, mask=mask)
+        """The rule's update, in the preallocated vector, at the ``surgery_reduction`` scale.
+
+        ``gram`` and ``mask`` (Eq. 2) are those of ``grads``, computed once per step.
+        """
+        rule = self.rule
+        combined = rule(grads, self._rng(rule.generator_device(grads)), gram=gram,
+                        mask=mask if rule.needs_mask else None, out=self._combined)
+        if combined is not self._combined:
+            self._combined.copy_(combined)
+        n = grads.shape[0]
+        if n > 1 and self.surgery_reduction != rule.native_scale:
+            self._combined.mul_(n if self.surgery_reduction == "sum" else 1.0 / n)
+        return self._combined
 
     def update(self, minibatches, unlabeled=None):
         if len(minibatches) == 0:
@@ -157,18 +176,14 @@ class GradientSurgery(ERM):
             grads, losses = self.domain_gradients(self.gradient_batches(minibatches))
         gram = _checked_gram(grads)
         batchnorm.commit()
-        mask = surgery.agreement_mask(grads)  # for the rule and the diagnostic
-        combined = self.combine(grads, gram, mask)
-        if combined is not self._combined:
-            self._combined.copy_(combined)
-        if self.surgery_reduction == "mean":
-            self._combined.div_(grads.shape[0])
+        mask = rules.agreement_mask(grads)  # for the rule and the diagnostic
+        self.combine(grads, gram, mask)
         for p, g in zip(self._params, self._combined_views):
             p.grad = g
         self.optimizer.step()
 
         agreement = mask.count_nonzero() / mask.numel()
-        cosine = surgery.pairwise_cosine(gram.to(torch.float64))
+        cosine = rules.pairwise_cosine(gram.to(torch.float64))
         values = [losses.mean(), agreement, cosine]
         if self.layer_agreement:
             values += [m.count_nonzero() / m.numel() for m in mask.split(self._sizes)]
@@ -191,7 +206,7 @@ def _checked_gram(grads: Tensor) -> Tensor:
     A squared norm is finite iff its row is (or the row is so large that float32
     overflows: then the Gram matrix is recomputed in float64).
     """
-    gram = surgery.gram_matrix(grads)
+    gram = grads @ grads.T
     if bool(torch.isfinite(gram.diagonal()).all()):
         return gram
     finite = torch.isfinite(grads).all(dim=1).tolist()
@@ -204,26 +219,16 @@ def _checked_gram(grads: Tensor) -> Tensor:
     return wide @ wide.T
 
 
-class AgrSum(GradientSurgery):
-    """Agr-Sum (Mansilla et al. 2021, Eq. 3): sum where all domains agree in sign, else 0."""
-
-    rule = staticmethod(surgery.agr_sum)
-
-
-class AgrRand(GradientSurgery):
-    """Agr-Rand (Eq. 4): sum where all domains agree, N(0, sigma^2) noise elsewhere."""
-
-    rule = staticmethod(surgery.agr_rand)
+def algorithm_class(rule_class: type[rules.Rule]) -> type[GradientSurgery]:
+    """The DomainBed algorithm for ``rule_class``: a :class:`GradientSurgery` named after it."""
+    return type(rule_class.name, (GradientSurgery,), {
+        "rule_class": rule_class,
+        "__module__": __name__,
+        "__qualname__": rule_class.name,
+        "__doc__": f"{rule_class.name} on DomainBed's domains: {rule_class.summary}.",
+    })
 
 
-class PCGrad(GradientSurgery):
-    """PCGrad (Yu et al. 2020; paper Eq. 5) on domain gradients."""
-
-    rule = staticmethod(surgery.pcgrad)
-
-    def combine(self, grads: Tensor, gram: Tensor, mask: Tensor) -> Tensor:
-        return surgery.pcgrad(grads, self._rng(torch.device("cpu")), out=self._combined, gram=gram)
-
-
-#: Algorithm classes we add to ``domainbed.algorithms``.
-ALGORITHMS = {"AgrSum": AgrSum, "AgrRand": AgrRand, "PCGrad": PCGrad}
+#: Algorithm classes for every registered rule, available or not (see registration).
+ALGORITHMS: dict[str, type[GradientSurgery]] = {
+    name: algorithm_class(rules.get(name)) for name in rules.names(available_only=False)}

@@ -1,10 +1,11 @@
 """The hparams we add to DomainBed's registry, seeded by name like DomainBed's own.
 
-Our surgery algorithms add no tuned hyper-parameter (paper, Sec. 5): they get
-exactly ERM's hparams, plus fixed switches that are never searched: ``surgery_batches``
-(the paper's control experiment, Fig. 4), ``surgery_reduction`` (sum or mean of the
-domain gradients) and ``surgery_layer_agreement`` (a diagnostic). Every algorithm gets ``backbone``
-and ``pretrained``.
+Our algorithms (one per rule of :mod:`domainbed_surgery.rules`) get exactly ERM's
+hparams, plus their rule's own hparams (CAGrad's ``cagrad_c``...; the paper's three add
+none, Sec. 5) and fixed switches that are never searched: ``surgery_batches`` (the
+paper's control experiment, Fig. 4), ``surgery_reduction`` (the update's scale) and
+``surgery_layer_agreement`` (a diagnostic). Every algorithm gets ``backbone`` and
+``pretrained``. Which algorithms are ours is read from the rule registry.
 """
 
 from __future__ import annotations
@@ -12,21 +13,36 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 
-
 class HParam(NamedTuple):
+    """A DomainBed hparam: key, default, and its random-search draw from a RandomState."""
+
     name: str
     default: Any
-    random: Callable[[Any], Any]  # numpy RandomState -> value
+    random: Callable[[Any], Any]
 
-
-#: Algorithms whose base hparams are ERM's.
-SURGERY_ALGORITHMS = ("AgrSum", "AgrRand", "PCGrad")
 
 #: Our datasets take DomainBed's dataset-dependent hparams (lr, batch size...) of these.
 DATASET_HPARAMS_AS = {"RotatedDigits": "RotatedMNIST", "PACS64": "PACS"}
 
 #: Default ``backbone`` per dataset; elsewhere None keeps DomainBed's own featurizer choice.
 DATASET_BACKBONES = {"RotatedDigits": "mnist_cnn"}
+
+#: ``surgery_batches``: "multi", one gradient per source domain (the method); "single",
+#: N gradients from N batches of one source domain drawn at random each step (the
+#: control of the paper's Fig. 4).
+SURGERY_BATCHES = ("multi", "single")
+#: ``surgery_reduction``: the update's scale, "sum" (the paper's Eq. 3-5 and the authors'
+#: code) or "mean" (ERM's mean-loss scale) of the N domain gradients. Default: the scale
+#: the rule was published at. Adam is scale-free but for its eps and its L2 weight decay,
+#: which "sum" makes N times weaker than ERM's.
+SURGERY_REDUCTIONS = ("sum", "mean")
+
+
+def surgery_rules() -> dict:
+    """Our algorithm names -> rule classes (the rule registry; imports torch)."""
+    from . import rules  # noqa: PLC0415 - torch is loaded by DomainBed by the time this runs
+
+    return dict(rules.REGISTRY)
 
 
 def common_hparams(dataset: str) -> tuple[HParam, ...]:
@@ -36,30 +52,24 @@ def common_hparams(dataset: str) -> tuple[HParam, ...]:
             HParam("pretrained", True, lambda r: True))
 
 
-#: For the surgery algorithms. "multi": one gradient per source domain (the method);
-#: "single": N gradients from N batches of one source domain drawn at random each
-#: step (the control of the paper's Fig. 4).
-#: ``surgery_layer_agreement``: also log ``agreement/<parameter>`` per parameter tensor.
-SURGERY = (
-    HParam("surgery_batches", "multi", lambda r: "multi"),
-    HParam("surgery_layer_agreement", False, lambda r: False),
-    HParam("surgery_reduction", "sum", lambda r: "sum"),
-)
-SURGERY_BATCHES = ("multi", "single")
-#: ``surgery_reduction``: "sum" (the paper's Eq. 3-5 and the authors' code) or "mean" (the
-#: rule's result divided by N: the scale of ERM's mean-loss gradient). Adam is scale-free
-#: but for its eps and its L2 weight decay, which "sum" makes N times weaker than ERM's.
-SURGERY_REDUCTIONS = ("sum", "mean")
+def surgery_hparams(rule_class) -> tuple[HParam, ...]:
+    """The switches of every surgery algorithm, then the rule's own hparams."""
+    scale = rule_class.native_scale
+    return (HParam("surgery_batches", "multi", lambda r: "multi"),
+            HParam("surgery_layer_agreement", False, lambda r: False),
+            HParam("surgery_reduction", scale, lambda r: scale),
+            *(HParam(hp.name, hp.default, hp.sample) for hp in rule_class.hparams))
 
 
 def extra_hparams(algorithm: str, dataset: str) -> tuple[HParam, ...]:
     """The hparams we define for ``algorithm`` on ``dataset``."""
-    return common_hparams(dataset) + (SURGERY if algorithm in SURGERY_ALGORITHMS else ())
+    rule_class = surgery_rules().get(algorithm)
+    return common_hparams(dataset) + (surgery_hparams(rule_class) if rule_class else ())
 
 
 def base_names(algorithm: str, dataset: str) -> tuple[str, str]:
     """The (algorithm, dataset) whose DomainBed hparams ours start from."""
-    return ("ERM" if algorithm in SURGERY_ALGORITHMS else algorithm,
+    return ("ERM" if algorithm in surgery_rules() else algorithm,
             DATASET_HPARAMS_AS.get(dataset, dataset))
 
 

@@ -56,11 +56,17 @@ def _add(module: ModuleType, names_list: list, name: str, obj: Any, strict: bool
 
 
 def register_algorithms(module: ModuleType, strict: bool = True) -> None:
-    """Add AgrSum, AgrRand, PCGrad to ``domainbed.algorithms`` and its ``ALGORITHMS``."""
+    """Add one algorithm per rule to ``domainbed.algorithms`` (and to its ``ALGORITHMS``).
+
+    A rule whose optional dependencies are missing (TorchJD's, without the extra) stays
+    out of ``ALGORITHMS``, so sweeps and tables never list it; its class is still put at
+    its name, so ``--algorithm UPGrad`` fails with one message saying what to install.
+    """
     from .algorithms import ALGORITHMS  # noqa: PLC0415 - imports domainbed.algorithms
 
     for name, cls in ALGORITHMS.items():
-        _add(module, module.ALGORITHMS, name, cls, strict)
+        listed = module.ALGORITHMS if cls.rule_class.available() else []
+        _add(module, listed, name, cls, strict)
 
 
 def register_datasets(module: ModuleType, strict: bool = True) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from domainbed_surgery import surgery
+from domainbed_surgery import rules
 
 OURS = ("AgrSum", "AgrRand", "PCGrad")
 
@@ -83,7 +83,7 @@ def test_update_writes_the_rule_of_the_domain_gradients(domainbed, digits_batche
     alg.update(digits_batches)
     torch.testing.assert_close(alg._grads, grads, rtol=1e-5, atol=1e-7)
     got = torch.cat([p.grad.flatten() for p in alg.network.parameters()])
-    rule = surgery.RULES[algorithm]
+    rule = rules.get(algorithm)()
     gen_device = torch.device("cpu")
     expected = rule(grads, torch.Generator(device=gen_device).manual_seed(alg._seed))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
@@ -234,3 +234,23 @@ def test_gradient_scale_against_erm(domainbed, digits_batches, reduction):
 def test_bad_surgery_reduction_value(domainbed):
     with pytest.raises(ValueError, match="surgery_reduction"):
         make(domainbed, "AgrSum", surgery_reduction="median")
+
+
+@pytest.mark.parametrize("name", rules.names())
+def test_reduction_scales_the_rule_from_its_native_scale(domainbed, digits_batches, name):
+    """``surgery_reduction`` at the rule's published scale leaves its output alone; the other
+    value multiplies (to "sum") or divides (to "mean") it by N."""
+    native = rules.get(name).native_scale
+    other = "mean" if native == "sum" else "sum"
+    grads = plain_domain_grads(make(domainbed, name), digits_batches)
+    gram, mask = grads @ grads.T, rules.agreement_mask(grads)
+    outs = {}
+    for reduction in (native, other):
+        alg = make(domainbed, name, surgery_reduction=reduction)
+        alg._prepare(3)
+        outs[reduction] = alg.combine(grads, gram, mask).clone()
+    expected = rules.get(name)()(grads, torch.Generator(
+        device=rules.get(name)().generator_device(grads)).manual_seed(0), gram=gram, mask=mask)
+    torch.testing.assert_close(outs[native], expected, rtol=1e-5, atol=1e-7)
+    factor = 3.0 if other == "sum" else 1 / 3.0
+    torch.testing.assert_close(outs[other], factor * outs[native], rtol=1e-5, atol=1e-7)

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from domainbed_surgery import hparams, registration
+from domainbed_surgery import hparams, registration, rules
 
 OURS = ("AgrSum", "AgrRand", "PCGrad")
 
@@ -21,7 +21,8 @@ def test_registered_names_and_classes(domainbed):
     assert datasets.num_environments("RotatedDigits") == 4
     assert "RotatedDigits" in datasets.DATASETS
     reg = registration.registered()
-    assert reg["algorithms"] == ["Fishr", *OURS] and reg["datasets"] == ["RotatedDigits", "PACS64"]
+    assert reg["algorithms"] == ["Fishr", *rules.names()] and reg["datasets"] == ["RotatedDigits", "PACS64"]
+    assert rules.names()[:3] == list(OURS)  # the paper's first
     assert reg["backbones"] == ["alexnet", "mnist_cnn", "resnet18", "resnet50"]
 
 
@@ -127,3 +128,35 @@ def test_import_of_the_package_is_light():
             "print(sorted(m for m in ('torch', 'numpy', 'domainbed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_rules_without_their_dependencies_are_absent_with_one_clear_message(domainbed, monkeypatch):
+    """Without TorchJD its rules stay out of ALGORITHMS (sweeps, tables), and asking for one
+    by name fails at construction with what to install."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "torchjd" else real(name, *args))
+    module = fake_algorithms_module()
+    registration.register_algorithms(module, strict=True)
+    assert module.ALGORITHMS == list(OURS)
+    with pytest.raises(rules.RuleUnavailable, match=r"pip install 'domainbed-surgery\[torchjd\]'"):
+        module.UPGrad((16,), 3, 2, {"lr": 1e-3, "weight_decay": 0.0})
+
+
+@pytest.mark.parametrize("name", rules.names())
+def test_every_rule_gets_its_hparams_seeded_by_name(domainbed, name):
+    from domainbed import hparams_registry
+    from domainbed.lib import misc
+
+    cls = rules.get(name)
+    got = hparams_registry.default_hparams(name, "PACS")
+    assert got["surgery_reduction"] == cls.native_scale
+    for hp in cls.hparams:
+        assert got[hp.name] == hp.default
+        seed = misc.seed_hash(4, 0)
+        drawn = hparams_registry.random_hparams(name, "PACS", seed)[hp.name]
+        import numpy as np
+
+        assert drawn == hp.sample(np.random.RandomState(misc.seed_hash(seed, hp.name)))

@@ -76,7 +76,7 @@ from domainbed import algorithms as db_algorithms  # noqa: E402 - needs register
 from domainbed import hparams_registry  # noqa: E402
 
 from domainbed_surgery import algorithms as surgery_algorithms  # noqa: E402
-from domainbed_surgery import surgery  # noqa: E402
+from domainbed_surgery import rules  # noqa: E402
 
 MIB = 2 ** 20
 
@@ -365,14 +365,14 @@ def _parts_once(alg, minibatches, device) -> dict[str, float]:
     """Time the pieces of one surgery ``update`` separately (same calls, same order)."""
     out = {}
     out["gradients"], (grads, _losses) = timed(lambda: alg.domain_gradients(minibatches), device)
-    checked_gram = getattr(surgery_algorithms, "_checked_gram", surgery.gram_matrix)
+    checked_gram = surgery_algorithms._checked_gram
     out["gram"], gram = timed(lambda: checked_gram(grads), device)
-    out["mask"], mask = timed(lambda: surgery.agreement_mask(grads), device)
+    out["mask"], mask = timed(lambda: rules.agreement_mask(grads), device)
     out["combine"], _ = timed(lambda: alg.combine(grads, gram, mask), device)
 
     def metrics():
         agreement = mask.count_nonzero() / mask.numel()
-        cosine = surgery.pairwise_cosine(gram.to(torch.float64))
+        cosine = rules.pairwise_cosine(gram.to(torch.float64))
         return torch.stack([agreement.double(), cosine]).tolist()
 
     out["metrics"], _ = timed(metrics, device)

@@ -1,0 +1,20 @@
+"""Agr-Sum (Mansilla et al., ICCV 2021, Eq. 3): sum where all domains agree in sign, 0 elsewhere."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Rule
+
+
+class AgrSum(Rule):
+    """``g*_k = sum_i g_k^(i)`` where :func:`~.base.agreement_mask` holds, else 0."""
+
+    name = "AgrSum"
+    rank = 0
+    summary = "sum of the domain gradients where all agree in sign, 0 elsewhere (Eq. 3)"
+    needs_mask = True
+
+    def combine(self, grads, *, gram, mask, generator, out):
+        total = torch.sum(grads, dim=0, out=out)
+        return total.mul_(mask)

@@ -1,0 +1,61 @@
+"""PCGrad (Yu et al., NeurIPS 2020; Mansilla et al. Eq. 5) on domain gradients."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .base import GramianRule
+
+
+def pcgrad_weights(gram: Tensor, orders: Sequence[Sequence[int]]) -> Tensor:
+    """PCGrad as coefficients ``w`` with ``pcgrad(grads) = w @ grads``, for given visit orders.
+
+    ``orders[i]`` lists the other domains in the order domain ``i`` is projected off them.
+    Every projected gradient stays a linear combination of the original ones, so Eq. 5 runs
+    on the ``[N, N]`` Gram matrix (in float64): the inner product of a projected
+    ``g_i = c @ G`` with an original ``g_j`` is ``c @ gram[:, j]``.
+    """
+    g = gram.detach().to(device="cpu", dtype=torch.float64)
+    n = g.shape[0]
+    coeffs = torch.eye(n, dtype=torch.float64)
+    for i, order in enumerate(orders):
+        for j in order:
+            sq_norm = g[j, j]
+            if sq_norm <= 0:  # a zero gradient conflicts with nothing
+                continue
+            dot = coeffs[i] @ g[:, j]
+            if dot < 0:
+                coeffs[i, j] -= dot / sq_norm
+    return coeffs.sum(dim=0)
+
+
+def random_orders(n: int, generator: Optional[torch.Generator]) -> list[list[int]]:
+    """For each domain, the other domains in a random order (one permutation each)."""
+    orders = []
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        perm = torch.randperm(len(others), generator=generator).tolist()
+        orders.append([others[k] for k in perm])
+    return orders
+
+
+class PCGrad(GramianRule):
+    """Project each domain gradient off every *original* other one it conflicts with, then sum.
+
+    Each ``g^(i)`` is projected in turn onto the normal plane of every other-domain
+    gradient ``g^(j)`` with ``<g^(i), g^(j)> < 0`` (``g^(i)`` already projected, ``g^(j)``
+    original), the others visited in a random order per domain drawn from the (CPU)
+    generator; the projected gradients are summed. A zero ``g^(j)`` is skipped, so
+    nothing divides by zero.
+    """
+
+    name = "PCGrad"
+    rank = 2
+    summary = "each domain gradient projected off the conflicting others, then summed (Eq. 5)"
+    randomized = True
+
+    def weights(self, gram, generator):
+        return pcgrad_weights(gram, random_orders(gram.shape[0], generator))

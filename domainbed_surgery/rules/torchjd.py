@@ -1,0 +1,284 @@
+"""TorchJD's aggregators (``torchjd.aggregation``, 0.18) as rules, under their TorchJD names.
+
+Optional: ``pip install 'domainbed-surgery[torchjd]'`` (TorchJD and the solvers its
+aggregators need). Without it these rules stay registered but unavailable, and asking
+for one says how to install it. TorchJD is imported when a rule is first used.
+
+How each aggregator is called, so that the ``[N, P]`` gradients are read only once more,
+for one ``[N] @ [N, P]`` product:
+
+* ``gramian``: the aggregator's Gramian weighting is applied to the caller's Gram matrix;
+* ``surrogate``: the aggregator depends on the gradients only through their inner
+  products (it is equivariant under rotations of parameter space), so it runs on an
+  ``[N, N]`` square root ``R`` of the Gram matrix (``R R^T = G``) and its result
+  ``R^T c`` is mapped back to ``grads^T c``;
+* ``matrix``: coordinate-wise aggregators (GradDrop, TrimmedMean, ExcessMTL) get ``[N, P]``.
+
+TorchJD draws its randomness (GradVac's orders, GradDrop's thresholds) from torch's
+global generator; here that generator is forked and seeded from the rule's own
+``generator`` for the call, so results are reproducible and DomainBed's own random
+stream is untouched. Weightings whose weights do not depend on the gradients' scale get
+the Gram matrix divided by its largest diagonal entry, which keeps their solvers in range.
+
+Not wrapped: ``PCGrad`` (ours, :mod:`.pcgrad`; TorchJD's is its test oracle); ``Mean``,
+``Sum``, ``Random``, ``Constant`` (no conflict handling); ``PCD`` (treats the first row as
+the primary objective, while domains have no order); ``Krum`` (with 3 domains the two
+closest gradients tie and the first one by index wins, so the update depends on the
+order of the domains); ``MoDoWeighting`` and
+``SDMGradWeighting`` (they need products of two independent batches' Jacobians) and
+``CRMOGMWeighting`` (a modifier of another weighting).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from .base import HParam, Rule
+
+INSTALL_HINT = "pip install 'domainbed-surgery[torchjd]' (TorchJD 0.18 with its solvers)"
+
+
+def _fixed(name: str, default: Any, arg: str, doc: str = "") -> HParam:
+    """An hparam that the random search leaves at its default (numerical settings)."""
+    return HParam(name, default, lambda r, d=default: d, arg, doc)
+
+
+@contextlib.contextmanager
+def seeded_global_rng(generator: Optional[torch.Generator], device: torch.device) -> Iterator[None]:
+    """torch's global RNG (CPU and ``device``) forked and seeded from ``generator``."""
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def gram_square_root(gram: Tensor) -> Tensor:
+    """``R`` (``[N, N]``, float64) with ``R @ R.T == gram`` (its PSD part).
+
+    Eigenvalues within rounding of zero are set to zero before the square root, which
+    would otherwise turn a 1e-16 rounding error into a spurious 1e-8 direction.
+    """
+    values, vectors = torch.linalg.eigh(gram.to(torch.float64))
+    tol = values.abs().max() * gram.shape[0] * torch.finfo(torch.float64).eps
+    return vectors * torch.where(values > tol, values, 0.0).sqrt()
+
+
+class TorchJDRule(Rule):
+    """Base of the rules that run a TorchJD aggregator (see the module docstring)."""
+
+    requires = ("torchjd",)
+    install_hint = INSTALL_HINT
+    draws_on = "cpu"  # only a seed is drawn from the rule's generator
+    #: How the aggregator is called: "gramian", "surrogate" or "matrix".
+    mode: ClassVar[str] = "gramian"
+    #: Whether the weights are unchanged when all gradients are scaled (Gram normalized).
+    scale_free_weights: ClassVar[bool] = True
+    min_domains = 2
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._aggregator = None
+        self._n: Optional[int] = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        cls.needs_gram = cls.mode != "matrix"
+        super().__init_subclass__(**kwargs)
+
+    def constructor_kwargs(self, n_domains: int) -> dict[str, Any]:
+        """Keyword arguments of the TorchJD class (default: this rule's hparams)."""
+        return dict(self.config)
+
+    def aggregator(self, n_domains: int):
+        """The TorchJD aggregator, built on first use (and again if N changes)."""
+        if self._aggregator is None or self._n != n_domains:
+            self.check_available()
+            import torchjd.aggregation as aggregation  # noqa: PLC0415 - optional dependency
+
+            self._aggregator = getattr(aggregation, self.name)(**self.constructor_kwargs(n_domains))
+            self._n = n_domains
+        return self._aggregator
+
+    def reset(self) -> None:
+        self._aggregator = None
+        self._n = None
+
+    def combine(self, grads, *, gram, mask, generator, out):
+        aggregator = self.aggregator(grads.shape[0])
+        with seeded_global_rng(generator, grads.device), torch.no_grad():
+            if self.mode == "matrix":
+                result = aggregator(grads)
+                return result if out is None else out.copy_(result)
+            gram64 = gram.detach().to(device="cpu", dtype=torch.float64)
+            if not bool(gram64.diagonal().any()):  # every gradient is zero: so is the update
+                result = torch.zeros_like(grads[0])
+                return result if out is None else out.copy_(result)
+            if self.scale_free_weights:
+                top = gram64.diagonal().max()
+                gram64 = gram64 / top if top > 0 else gram64
+            if self.mode == "gramian":
+                weights = aggregator.gramian_weighting(gram64)
+            else:
+                root = gram_square_root(gram64)
+                # R^T c = aggregator(R); grads^T c is then the aggregation of grads
+                weights = torch.linalg.pinv(root.T, hermitian=False) @ aggregator(root)
+        weights = weights.to(device=grads.device, dtype=grads.dtype)
+        return torch.mv(grads.T, weights, out=out)
+
+
+class UPGrad(TorchJDRule):
+    """UPGrad (Quinton & Rey, 2024): each gradient projected onto the dual cone of all, averaged."""
+
+    name = "UPGrad"
+    summary = "projections onto the dual cone of the domain gradients, averaged (Jacobian descent)"
+    native_scale = "mean"
+    requires = ("torchjd", "quadprog", "qpsolvers")
+
+
+class DualProj(TorchJDRule):
+    """DualProj: the mean gradient projected onto the dual cone of the domain gradients."""
+
+    name = "DualProj"
+    summary = "the mean gradient projected onto the dual cone of the domain gradients"
+    native_scale = "mean"
+    requires = ("torchjd", "quadprog", "qpsolvers")
+
+
+class MGDA(TorchJDRule):
+    """MGDA (Désidéri, 2012; Sener & Koltun, 2018): the min-norm point of the convex hull."""
+
+    name = "MGDA"
+    summary = "minimum-norm convex combination of the domain gradients"
+    native_scale = "mean"
+    hparams = (_fixed("mgda_epsilon", 0.001, "epsilon", "Frank-Wolfe stopping tolerance"),
+               _fixed("mgda_max_iters", 100, "max_iters", "Frank-Wolfe iterations"))
+
+
+class CAGrad(TorchJDRule):
+    """CAGrad (Liu et al., NeurIPS 2021): the best worst-domain improvement near the mean."""
+
+    name = "CAGrad"
+    summary = "maximizes the worst domain's improvement within a ball around the mean gradient"
+    native_scale = "mean"
+    requires = ("torchjd", "cvxpy", "clarabel")
+    hparams = (HParam("cagrad_c", 0.4, lambda r: float(r.uniform(0.1, 0.9)), "c",
+                      "radius of the ball around the mean gradient (relative to its norm)"),
+               _fixed("cagrad_norm_eps", 0.0001, "norm_eps"))
+
+
+class IMTLG(TorchJDRule):
+    """IMTL-G (Liu et al., ICLR 2021): the combination with equal projections on every gradient."""
+
+    name = "IMTLG"
+    summary = "the combination whose projections on all unit domain gradients are equal"
+    native_scale = "mean"
+
+
+class AlignedMTL(TorchJDRule):
+    """Aligned-MTL (Senushkin et al., CVPR 2023): gradients aligned by the Gram's eigenbasis."""
+
+    name = "AlignedMTL"
+    summary = "the domain gradients made orthogonal with equal norms (condition number 1)"
+    native_scale = "mean"
+    hparams = (HParam("alignedmtl_scale_mode", "min",
+                      lambda r: str(r.choice(["min", "median", "rmse"])), "scale_mode",
+                      "which singular value sets the scale"),)
+
+
+class GradVac(TorchJDRule):
+    """GradVac (Wang et al., ICLR 2021): pairwise cosines pulled to their running targets."""
+
+    name = "GradVac"
+    summary = "PCGrad-like corrections toward an EMA of each pair's cosine"
+    randomized = True
+    hparams = (HParam("gradvac_beta", 0.5, lambda r: float(10 ** r.uniform(-2.5, -0.3)), "beta",
+                      "EMA decay of the target cosines"),
+               _fixed("gradvac_eps", 1e-8, "eps"))
+
+
+class NashMTL(TorchJDRule):
+    """Nash-MTL (Navon et al., ICML 2022): weights of the Nash bargaining solution."""
+
+    name = "NashMTL"
+    summary = "Nash bargaining weights (G a = 1 / a), norm capped at max_norm"
+    mode = "surrogate"
+    homogeneous = False
+    scale_free_weights = False
+    requires = ("torchjd", "cvxpy", "ecos")
+    hparams = (HParam("nashmtl_max_norm", 1.0, lambda r: float(10 ** r.uniform(-1, 1)),
+                      "max_norm", "cap on the update's norm (0: no cap)"),
+               _fixed("nashmtl_update_weights_every", 1, "update_weights_every"),
+               _fixed("nashmtl_optim_niter", 20, "optim_niter"))
+
+    def constructor_kwargs(self, n_domains: int) -> dict[str, Any]:
+        return {"n_tasks": n_domains, **self.config}
+
+
+class FairGrad(TorchJDRule):
+    """FairGrad (Ban & Ji, ICML 2024): alpha-fair weights (G w = w^(-1/alpha))."""
+
+    name = "FairGrad"
+    summary = "alpha-fair utility maximization over the domains"
+    homogeneous = False
+    scale_free_weights = False
+    requires = ("torchjd", "scipy")
+    hparams = (HParam("fairgrad_alpha", 1.0, lambda r: float(10 ** r.uniform(-0.5, 0.7)),
+                      "alpha", "fairness: 0 = sum, 1 = proportional, large = max-min"),
+               _fixed("fairgrad_max_iters", None, "max_iters"))
+
+
+class ConFIG(TorchJDRule):
+    """ConFIG (Liu et al., ICLR 2025): the direction with equal cosine to every gradient."""
+
+    name = "ConFIG"
+    summary = "the conflict-free direction with equal cosine to every domain gradient"
+    mode = "surrogate"
+
+
+class TrimmedMean(TorchJDRule):
+    """Coordinate-wise trimmed mean (Yin et al., ICML 2018): the median for N = 3."""
+
+    name = "TrimmedMean"
+    summary = "coordinate-wise mean after dropping the extreme values (median for 3 domains)"
+    mode = "matrix"
+    native_scale = "mean"
+    min_domains = 3
+    hparams = (_fixed("trimmedmean_trim_number", 1, "trim_number",
+                      "values dropped at each end of every coordinate"),)
+
+
+class GradDrop(TorchJDRule):
+    """GradDrop (Chen et al., NeurIPS 2020): keep one sign per coordinate at random, by purity."""
+
+    name = "GradDrop"
+    summary = "per coordinate, keep the positive or negative parts at random by sign purity"
+    mode = "matrix"
+    randomized = True
+    hparams = (HParam("graddrop_leak", 0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])), "leak",
+                      "fraction of every gradient that always passes"),)
+
+    def constructor_kwargs(self, n_domains: int) -> dict[str, Any]:
+        leak = self.config["leak"]
+        return {"leak": None if not leak else torch.full((n_domains,), float(leak))}
+
+
+class ExcessMTL(TorchJDRule):
+    """ExcessMTL (He et al., ICML 2024): weights from each domain's estimated excess risk."""
+
+    name = "ExcessMTL"
+    summary = "weights from AdaGrad-style excess-risk estimates per domain"
+    mode = "matrix"
+    native_scale = "mean"
+    homogeneous = False
+    hparams = (HParam("excessmtl_robust_step_size", 1.0,
+                      lambda r: float(10 ** r.uniform(-2, 0.5)), "robust_step_size",
+                      "step size of the weights' exponentiated update"),
+               _fixed("excessmtl_n_warmup_steps", 0, "n_warmup_steps"))
