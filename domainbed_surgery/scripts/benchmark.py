@@ -120,8 +120,9 @@ CPU_SETTINGS = ("mnist-28", "resnet18-64")
 
 PAPER = "paper-scheme"
 FLOOR = "per-domain-floor"
-SURGERY_ALGORITHMS = ("AgrSum", "AgrRand", "PCGrad")
-DEFAULT_ALGORITHMS = ("ERM", "AgrSum", "AgrRand", "PCGrad", "ANDMask", "Fish", PAPER, FLOOR)
+#: Every available rule of the registry (the paper's three first, then TorchJD's).
+SURGERY_ALGORITHMS = tuple(rules.names())
+DEFAULT_ALGORITHMS = ("ERM", *SURGERY_ALGORITHMS, "ANDMask", "Fish", PAPER, FLOOR)
 PARTS = ("gradients", "gram", "mask", "combine", "metrics", "adam")
 
 RESULT_COLUMNS = ("setting", "algorithm", "device", "threads", "backbone", "input_shape",
