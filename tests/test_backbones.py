@@ -172,6 +172,7 @@ def test_resnet18_stays_a_resnet18_and_alexnet_is_v1(downloads, capsys):
         "backbone alexnet: torchvision AlexNet_Weights.IMAGENET1K_V1 weights"]
 
 
+@pytest.mark.filterwarnings("ignore:.*deprecated since 0.13")  # DomainBed's pretrained=True
 @pytest.mark.parametrize("augmix, library", [(True, "timm"), (False, "torchvision")])
 def test_not_pretrained_builds_the_same_architecture_offline(domainbed, downloads, capsys,
                                                              augmix, library):
