@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 
 from . import locate
-from .hparams import SURGERY_ALGORITHMS
 
 #: Short CLI names for DomainBed's selection methods (class names in ``domainbed.model_selection``).
 SELECTION_METHODS = {
@@ -246,6 +245,14 @@ def _featurizer(cls, hparams: dict) -> tuple[str, str, Any]:
     return name, str(weights) if pretrained else "random init", pretrained
 
 
+def _surgery_algorithms() -> set[str]:
+    """Names of our surgery algorithms: their runs should state ``surgery_reduction``."""
+    locate.ensure_importable()
+    from .algorithms import ALGORITHMS  # noqa: PLC0415 - imports domainbed.algorithms
+
+    return set(ALGORITHMS)
+
+
 def _base_algorithm(name: str) -> str:
     """``AgrSum`` for ``AgrSum-single`` (the control arm), else ``name``."""
     return name[:-len(SINGLE_DOMAIN_SUFFIX)] if name.endswith(SINGLE_DOMAIN_SUFFIX) else name
@@ -270,7 +277,7 @@ def run_protocol(record: dict) -> dict[str, Any]:
     }
     if "surgery_reduction" in hparams:
         out["surgery_reduction"] = hparams["surgery_reduction"]
-    elif _base_algorithm(args["algorithm"]) in SURGERY_ALGORITHMS:
+    elif _base_algorithm(args["algorithm"]) in _surgery_algorithms():
         out["surgery_reduction"] = NOT_RECORDED
     return out
 
