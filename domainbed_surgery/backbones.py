@@ -4,19 +4,27 @@ Each returns an ``nn.Module`` with ``n_outputs`` features, to which DomainBed pu
 its own linear classifier. AlexNet is the paper's backbone (torchvision AlexNet with
 the last FC layer removed); the ResNets behave like DomainBed's (``resnet_dropout``,
 ``freeze_bn``, first-conv channel adaptation). ``pretrained`` (default true) loads
-torchvision's ImageNet weights. ``mnist_cnn`` is DomainBed's own small-image CNN
+ImageNet weights, the same ones DomainBed's own network loads under the same hparams
+(:func:`weights_for`): AlexNet and ResNet-18 torchvision's IMAGENET1K_V1; ResNet-50
+timm's ``resnet50.ram_in1k`` when ``resnet50_augmix`` is true (DomainBed's default),
+torchvision's IMAGENET1K_V1 otherwise. ``pretrained: false`` builds the same
+architecture without weights. ``mnist_cnn`` is DomainBed's own small-image CNN
 (GroupNorm, global pooling), at any input size; it has no pretrained weights.
+
+Building a featurizer prints one line naming its weights (DomainBed's ``train.py``
+tees stdout into ``out.txt``).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple, Optional
 
 import torch
 import torchvision
 from torch import nn
 
-__all__ = ["BACKBONES", "build", "AlexNetFeaturizer", "ResNetFeaturizer", "PretrainedWeightsError"]
+__all__ = ["BACKBONES", "build", "AlexNetFeaturizer", "ResNetFeaturizer", "PretrainedWeightsError",
+           "Weights", "weights_for", "domainbed_resnet", "describe", "describe_domainbed"]
 
 #: Smallest input side AlexNet's conv/pool stack accepts (11/4 conv, three 3/2 pools).
 ALEXNET_MIN_SIDE = 63
@@ -26,16 +34,133 @@ class PretrainedWeightsError(RuntimeError):
     """ImageNet weights could not be loaded (no network and no cached file)."""
 
 
-def _load(constructor: Callable, weights, name: str) -> nn.Module:
+class Weights(NamedTuple):
+    """ImageNet weights: the library, its model builder and the weights' name in it."""
+
+    library: str  # "torchvision" or "timm"
+    model: str  # torchvision builder ("resnet50") or timm model name ("resnet50.ram_in1k")
+    name: str  # "ResNet50_Weights.IMAGENET1K_V1" or the timm model name
+
+    def __str__(self) -> str:
+        return f"{self.library} {self.name}"
+
+    def torchvision_enum(self):
+        """The torchvision weights enum member (``ResNet50_Weights.IMAGENET1K_V1``)."""
+        enum_name, member = self.name.split(".")
+        return getattr(torchvision.models, enum_name)[member]
+
+
+#: timm's ResNet-50 that DomainBed loads when ``resnet50_augmix`` is true.
+TIMM_RESNET50 = Weights("timm", "resnet50.ram_in1k", "resnet50.ram_in1k")
+#: torchvision's first ImageNet weights (what ``pretrained=True`` meant, DomainBed's choice).
+TORCHVISION_V1 = {
+    "alexnet": Weights("torchvision", "alexnet", "AlexNet_Weights.IMAGENET1K_V1"),
+    "resnet18": Weights("torchvision", "resnet18", "ResNet18_Weights.IMAGENET1K_V1"),
+    "resnet50": Weights("torchvision", "resnet50", "ResNet50_Weights.IMAGENET1K_V1"),
+}
+
+
+def _flag(hparams: Mapping, key: str, default: bool = True) -> bool:
+    """A boolean hparam, DomainBed's default (true) when absent."""
+    return bool(hparams.get(key, default))
+
+
+def weights_for(name: str, hparams: Mapping) -> Optional[Weights]:
+    """Where backbone ``name`` comes from: its architecture and, if pretrained, its weights.
+
+    As DomainBed's own network under the same hparams: ``resnet50`` follows
+    ``resnet50_augmix`` (default true, as in DomainBed's registry). ``resnet18`` stays a
+    ResNet-18 with V1 weights whatever ``resnet50_augmix`` says (DomainBed's ``resnet18:
+    true`` with ``resnet50_augmix: true`` gives timm's ResNet-50). None for ``mnist_cnn``.
+    """
+    if name == "resnet50" and _flag(hparams, "resnet50_augmix"):
+        return TIMM_RESNET50
+    return TORCHVISION_V1.get(name)
+
+
+def domainbed_resnet(hparams: Mapping) -> tuple[str, Weights]:
+    """(architecture, weights) of DomainBed's own ``networks.ResNet`` under ``hparams``."""
+    if hparams["resnet50_augmix"]:
+        return "resnet50", TIMM_RESNET50
+    name = "resnet18" if hparams["resnet18"] else "resnet50"
+    return name, TORCHVISION_V1[name]
+
+
+def describe(name: str, hparams: Mapping) -> str:
+    """One line for ``out.txt``: which weights backbone ``name`` starts from, and why."""
+    weights = weights_for(name, hparams)
     if weights is None:
-        return constructor(weights=None)
+        return f"backbone {name}: random init (no pretrained weights exist for it)"
+    why = (f" (hparam resnet50_augmix={str(_flag(hparams, 'resnet50_augmix')).lower()})"
+           if name == "resnet50" else "")
+    if not _flag(hparams, "pretrained"):
+        return f"backbone {name}: random init (pretrained=false), {weights.library} " \
+               f"{weights.model} architecture{why}"
+    return f"backbone {name}: {weights} weights{why}"
+
+
+def describe_domainbed(featurizer: nn.Module, hparams: Mapping) -> str:
+    """One line for ``out.txt``: DomainBed's own featurizer (no ``backbone`` hparam) and its weights."""
+    kind = type(featurizer).__name__
+    if kind == "ResNet":
+        arch, weights = domainbed_resnet(hparams)
+        return (f"featurizer: DomainBed's ResNet ({arch}): {weights} weights (hparams "
+                f"resnet18={str(bool(hparams['resnet18'])).lower()}, "
+                f"resnet50_augmix={str(bool(hparams['resnet50_augmix'])).lower()})")
+    if kind == "DinoV2":
+        return "featurizer: DomainBed's DinoV2: torch.hub facebookresearch/dinov2 dinov2_vitb14 weights"
+    return f"featurizer: DomainBed's {kind}: random init (no pretrained weights)"
+
+
+#: Lines already printed by this process (Fish builds a featurizer every step).
+_ANNOUNCED: set[str] = set()
+
+
+def announce(line: str) -> None:
+    """Print ``line`` once per process: train.py tees stdout into out.txt."""
+    if line not in _ANNOUNCED:
+        _ANNOUNCED.add(line)
+        print(line, flush=True)
+
+
+def _how_to_get(weights: Weights) -> str:
+    """What to do offline to make ``weights`` loadable."""
+    if weights.library == "timm":
+        return (f"on a machine with network access run python -c \"import timm; "
+                f"timm.create_model('{weights.model}', pretrained=True)\" and copy its "
+                f"Hugging Face cache (models--timm--{weights.model}) into "
+                f"{_hf_cache()}")
+    url = weights.torchvision_enum().url
+    return f"copy {url.rsplit('/', 1)[-1]} into {torch.hub.get_dir()}/checkpoints"
+
+
+def _hf_cache() -> str:
+    """Where timm looks for Hugging Face downloads."""
     try:
-        return constructor(weights=weights)
-    except Exception as exc:  # URLError, OSError, hash mismatch...
+        from huggingface_hub import constants  # noqa: PLC0415
+
+        return constants.HF_HUB_CACHE
+    except ImportError:  # timm then downloads from the URL into torch.hub's folder
+        return f"{torch.hub.get_dir()}/checkpoints"
+
+
+def _load(weights: Weights, pretrained: bool, name: str) -> nn.Module:
+    """Build ``weights.model`` from its library, with the weights if ``pretrained``."""
+    if weights.library == "timm":
+        import timm  # noqa: PLC0415 - in DomainBed's requirements; only resnet50 needs it
+
+        build = lambda: timm.create_model(weights.model, pretrained=pretrained)  # noqa: E731
+    else:
+        tv_weights = weights.torchvision_enum() if pretrained else None
+        build = lambda: getattr(torchvision.models, weights.model)(weights=tv_weights)  # noqa: E731
+    if not pretrained:
+        return build()
+    try:
+        return build()
+    except Exception as exc:  # URLError, OSError, hash mismatch, HF hub errors...
         raise PretrainedWeightsError(
-            f"could not load ImageNet weights for backbone {name!r} ({exc}). "
-            f"Without network access, copy {weights.url.rsplit('/', 1)[-1]} into "
-            f"{torch.hub.get_dir()}/checkpoints, or train from scratch with "
+            f"could not load ImageNet weights {weights} for backbone {name!r} ({exc}). "
+            f"Without network access, {_how_to_get(weights)}, or train from scratch with "
             "--hparams '{\"pretrained\": false}'.") from exc
 
 
@@ -73,8 +198,9 @@ class AlexNetFeaturizer(nn.Module):
     def __init__(self, input_shape, hparams: Mapping):
         super().__init__()
         channels = _check_image_shape("alexnet", input_shape, ALEXNET_MIN_SIDE)
-        weights = torchvision.models.AlexNet_Weights.DEFAULT if hparams.get("pretrained", True) else None
-        self.network = _load(torchvision.models.alexnet, weights, "alexnet")
+        self.weights = weights_for("alexnet", hparams)
+        self.network = _load(self.weights, _flag(hparams, "pretrained"), "alexnet")
+        announce(describe("alexnet", hparams))
         self.network.features[0] = _adapt_first_conv(self.network.features[0], channels)
         self.network.classifier[-1] = nn.Identity()
 
@@ -83,19 +209,17 @@ class AlexNetFeaturizer(nn.Module):
 
 
 class ResNetFeaturizer(nn.Module):
-    """torchvision ResNet without its FC layer, with DomainBed's dropout and ``freeze_bn``."""
+    """torchvision/timm ResNet without its FC layer, with DomainBed's dropout and ``freeze_bn``."""
 
-    _MODELS = {
-        "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights, 512),
-        "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights, 2048),
-    }
+    _N_OUTPUTS = {"resnet18": 512, "resnet50": 2048}
 
     def __init__(self, name: str, input_shape, hparams: Mapping):
         super().__init__()
         channels = _check_image_shape(name, input_shape)
-        constructor, weight_enum, self.n_outputs = self._MODELS[name]
-        weights = weight_enum.DEFAULT if hparams.get("pretrained", True) else None
-        self.network = _load(constructor, weights, name)
+        self.n_outputs = self._N_OUTPUTS[name]
+        self.weights = weights_for(name, hparams)
+        self.network = _load(self.weights, _flag(hparams, "pretrained"), name)
+        announce(describe(name, hparams))
         self.network.conv1 = _adapt_first_conv(self.network.conv1, channels)
         self.network.fc = nn.Identity()
         self.freeze_bn_stats = bool(hparams.get("freeze_bn", False))
@@ -124,6 +248,7 @@ def mnist_cnn(input_shape, hparams: Mapping) -> nn.Module:
     _check_image_shape("mnist_cnn", input_shape, min_side=2)
     from domainbed.networks import MNIST_CNN  # noqa: PLC0415 - only this backbone needs DomainBed
 
+    announce(describe("mnist_cnn", hparams))
     return MNIST_CNN(tuple(input_shape))
 
 

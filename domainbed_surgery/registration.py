@@ -95,19 +95,21 @@ def patch_networks(module: ModuleType, strict: bool = True) -> None:
 
 def _featurizer_with_backbones(domainbed_featurizer):
     def Featurizer(input_shape, hparams):  # noqa: N802 - DomainBed's name
-        """DomainBed's featurizer, or ours when the ``backbone`` hparam is set."""
-        name = hparams.get("backbone")
-        if name is None:
-            if (not hparams.get("pretrained", True) and len(input_shape) == 3
-                    and tuple(input_shape[1:3]) == (224, 224)):
-                raise ValueError(
-                    "'pretrained': false only applies to a backbone chosen with the 'backbone' "
-                    "hparam; DomainBed's own ResNet always loads ImageNet weights. Add e.g. "
-                    "\"backbone\": \"resnet50\" to --hparams.")
-            return domainbed_featurizer(input_shape, hparams)
-        from . import backbones  # noqa: PLC0415
+        """DomainBed's featurizer, or ours when the ``backbone`` hparam is set; prints its weights."""
+        from . import backbones  # noqa: PLC0415 - DomainBed has loaded torch by now
 
-        return backbones.build(name, input_shape, hparams)
+        name = hparams.get("backbone")
+        if name is not None:
+            return backbones.build(name, input_shape, hparams)
+        if (not hparams.get("pretrained", True) and len(input_shape) == 3
+                and tuple(input_shape[1:3]) == (224, 224)):
+            raise ValueError(
+                "'pretrained': false only applies to a backbone chosen with the 'backbone' "
+                "hparam; DomainBed's own ResNet always loads ImageNet weights. Add e.g. "
+                "\"backbone\": \"resnet50\" to --hparams.")
+        featurizer = domainbed_featurizer(input_shape, hparams)
+        backbones.announce(backbones.describe_domainbed(featurizer, hparams))
+        return featurizer
 
     Featurizer.__wrapped__ = domainbed_featurizer
     Featurizer.domainbed_surgery = True

@@ -2,8 +2,9 @@
 
 Formatting only: every number comes from :func:`domainbed_surgery.report.summarize`.
 Cells read "mean (std)"; the row's best mean is marked (``*x*`` in text, bold in
-Markdown/LaTeX), a dagger marks p < alpha against the baseline, and a footnote states the
-statistics used and, in words, why any cell or test is missing.
+Markdown/LaTeX), a dagger marks p < alpha against the baseline, a double dagger a cell
+whose runs mix protocols, and a footnote states the protocol (what was compared, read
+from the runs), the statistics used and, in words, why any cell or test is missing.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from collections import OrderedDict
 
 import pandas as pd
 
-from .report import AVG, DECIMALS, Table, min_pairs_for
+from .report import AVG, DECIMALS, Protocol, Table, format_value, min_pairs_for
 
 DAGGER = "\u2020"
+#: Marks a cell whose runs mix protocols (e.g. different steps).
+DDAGGER = "\u2021"
 STYLES = ("text", "markdown", "latex", "csv")
 
 
@@ -30,6 +33,8 @@ def cell_text(row: pd.Series, style: str = "text") -> str:
         text = {"markdown": f"**{text}**", "latex": f"\\textbf{{{text}}}"}.get(style, f"*{text}*")
     if row["significant"]:
         text += "$^\\dagger$" if style == "latex" else DAGGER
+    if row.get("mixed", False):
+        text += "$^\\ddagger$" if style == "latex" else DDAGGER
     return text
 
 
@@ -38,13 +43,82 @@ def _range(values) -> str:
     return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
 
 
+def _seeds_text(seeds: list[int], name: str) -> str:
+    """"20 (hparams_seed 0-19)": how many seeds, which."""
+    contiguous = seeds == list(range(seeds[0], seeds[-1] + 1))
+    which = (f"{seeds[0]}-{seeds[-1]}" if contiguous and len(seeds) > 1
+             else ", ".join(map(str, seeds)))
+    default = ": default hparams" if name == "hparams_seed" and seeds == [0] else ""
+    return f"{len(seeds)} ({name} {which}{default})"
+
+
+def _values_text(values: list, searched: bool = False) -> str:
+    """One algorithm's values of an item: "5000", "8-45 (searched)", "1000/5000 (mixed)"."""
+    if len(values) == 1:
+        return format_value(values[0])
+    if searched:
+        return f"{format_value(values[0])}-{format_value(values[-1])} (searched)"
+    return "/".join(format_value(v) for v in values) + " (mixed)"
+
+
+def _per_algorithm(texts: dict[str, str], algorithms: list[str]) -> str:
+    """A value common to ``algorithms``, or each algorithm's."""
+    if len(set(texts.values())) == 1:
+        value = next(iter(texts.values()))
+        return value if list(texts) == algorithms else f"{value} ({', '.join(texts)})"
+    return ", ".join(f"{alg} {text}" for alg, text in texts.items())
+
+
+def _hparam_values(values: list) -> str:
+    """One algorithm's values of a differing hparam: "1e-05" or "5 values, 1e-05-0.001"."""
+    if len(values) == 1:
+        return format_value(values[0])
+    return f"{len(values)} values, {format_value(values[0])} to {format_value(values[-1])}"
+
+
+def protocol_lines(table: Table) -> list[str]:
+    """What the table compared (read from the runs): settings, samples, differences."""
+    proto: Protocol = table.protocol
+    if proto is None:
+        return []
+    algs = proto.algorithms
+    items = "; ".join(
+        f"{item} " + _per_algorithm({a: _values_text(v, item in proto.searched)
+                                     for a, v in per_alg.items()}, algs)
+        for item, per_alg in proto.settings.items())
+    lines = [f"Protocol ({proto.n_runs} runs): {items}."]
+    samples = _per_algorithm({a: _seeds_text(s, "hparams_seed")
+                              for a, s in proto.hparams_seeds.items()}, algs)
+    trials = _per_algorithm({a: _seeds_text(s, "trial_seed")
+                             for a, s in proto.trial_seeds.items()}, algs)
+    lines.append(f"Hparam samples: {samples}; trials: {trials}.")
+    if len(algs) > 1:
+        differences = proto.differences()
+        lines.append(
+            f"Not the same for every algorithm: {', '.join(differences)}." if differences else
+            "Same protocol and same shared hparams for every algorithm; they differ only by "
+            "the method (and its own hparams).")
+    if proto.differing:
+        lines.append("Hparams that differ between algorithms: " + "; ".join(
+            f"{k} (" + ", ".join(f"{a} {_hparam_values(v)}" for a, v in per_alg.items()) + ")"
+            for k, per_alg in proto.differing.items()) + ".")
+    if proto.own:
+        lines.append("The algorithms' own hparams: " + "; ".join(
+            f"{a} {', '.join(keys)}" for a, keys in proto.own.items()) + ".")
+    if table.cells["mixed"].any():
+        lines.append(f"{DDAGGER}: the cell's runs mix protocols (its note says which items); "
+                     "its mean pools them.")
+    return lines
+
+
 def footnote(table: Table) -> list[str]:
-    """Sentences that say what the cells, markers and n mean (plain text, unicode dagger)."""
+    """Sentences that say what was compared and what the cells, markers and n mean
+    (plain text, unicode daggers)."""
     c = table.cells
     present = c[c["n"] > 0]
     k = len(table.targets)
     sel = f" selected by {table.selection} model selection" if table.selection else ""
-    lines = [
+    lines = protocol_lines(table) + [
         f"Cells: mean (std) of the test-domain accuracy (%){sel}, over trials (trial_seed).",
         "std is the sample standard deviation over trials (ddof=1), not the standard error "
         "that DomainBed's collect_results prints (its +/- is std(ddof=0)/sqrt(n)).",
@@ -129,7 +203,8 @@ def to_markdown(table: Table) -> str:
 
 _LATEX = [("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("$", "\\$"), ("#", "\\#"),
           ("_", "\\_"), ("{", "\\{"), ("}", "\\}"), ("~", "\\textasciitilde{}"),
-          ("^", "\\textasciicircum{}"), ("<", "$<$"), (">", "$>$"), (DAGGER, "$^\\dagger$")]
+          ("^", "\\textasciicircum{}"), ("<", "$<$"), (">", "$>$"), (DAGGER, "$^\\dagger$"),
+          (DDAGGER, "$^\\ddagger$")]
 
 
 def latex_escape(text: str) -> str:
@@ -179,5 +254,5 @@ def render(table: Table, style: str) -> str:
     return {"text": to_text, "markdown": to_markdown, "latex": to_latex, "csv": to_csv}[style](table)
 
 
-__all__ = ["cell_text", "footnote", "notes", "to_text", "to_markdown", "to_latex", "to_csv",
+__all__ = ["cell_text", "footnote", "protocol_lines", "notes", "to_text", "to_markdown", "to_latex", "to_csv",
            "cells_csv", "render", "latex_escape"]

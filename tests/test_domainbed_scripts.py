@@ -40,6 +40,9 @@ def test_domainbed_train_writes_our_diagnostics(domainbed, subprocess_env, tmp_p
         assert 0 <= r["agreement"] <= 1 and -1 <= r["cosine"] <= 1 and r["loss"] > 0
         assert r["args"]["algorithm"] == algorithm and r["hparams"]["backbone"] == "mnist_cnn"
     assert (out / "done").exists()
+    # the featurizer names its weights in the log DomainBed tees stdout into
+    assert "backbone mnist_cnn: random init (no pretrained weights exist for it)" in \
+        (out / "out.txt").read_text().splitlines()
 
 
 def test_autoregister_off_then_our_entry_point(domainbed, subprocess_env, tmp_path):

@@ -358,3 +358,156 @@ def test_control_arms_are_labelled_and_stand_beside_their_method(domainbed):
     assert rep._with_arm_label(plain) is plain
     order = rep.algorithm_order(["PCGrad-single", "AgrSum", "PCGrad", "AgrSum-single", "ERM"])
     assert order == ["ERM", "AgrSum", "AgrSum-single", "PCGrad", "PCGrad-single"]
+
+
+# --- the protocol under every table ---------------------------------------------------------
+SAMPLE_PROTOCOL = [
+    "Protocol (40 runs): steps 1001; checkpoint_freq 300; batch_size 8-39 (searched); "
+    "backbone DomainBed's ResNet (resnet50); weights not recorded (no resnet50_augmix hparam); "
+    "pretrained true; data_augmentation true.",
+    "Hparam samples: 2 (hparams_seed 0-1); trials: 2 (trial_seed 0-1).",
+]
+
+
+def test_sample_states_its_protocol(sample):
+    """The sample's runs: steps given as 1001, checkpoint_freq unset (VLCS: 300), a
+    random search (batch size drawn per hparams/trial seed), DomainBed's own ResNet-50
+    from a DomainBed without resnet50_augmix."""
+    records, _ = sample
+    t = rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS", records=records)
+    assert fmt.protocol_lines(t) == SAMPLE_PROTOCOL
+    assert fmt.footnote(t)[:2] == SAMPLE_PROTOCOL
+    assert t.protocol.searched == {"batch_size"} and not t.cells["mixed"].any()
+
+
+BASE_HPARAMS = {"batch_size": 32, "backbone": "resnet50", "pretrained": True,
+                "resnet50_augmix": True, "resnet18": False, "data_augmentation": True}
+
+
+def _run(root: Path, alg: str, env: int, trial: int, acc: float, steps=None, hseed: int = 0,
+         **hparams) -> None:
+    """One single-test-env run folder (2 checkpoints) with these args and hparams."""
+    run = root / f"{alg}_{env}_{trial}_{hseed}_{steps}"
+    run.mkdir(parents=True)
+    lines = []
+    for step, test, val in [(0, 0.0, 0.1), (100, acc, 0.9)]:
+        r = _record(alg, [env], trial, hseed, step, test, val)
+        r["args"].update(steps=steps, checkpoint_freq=None)
+        r["hparams"] = {**BASE_HPARAMS, **hparams}
+        lines.append(json.dumps(r) + "\n")
+    (run / "results.jsonl").write_text("".join(lines))
+    (run / "done").write_text("done")
+
+
+def write_protocol_sweep(root: Path) -> Path:
+    """ERM (lr 1e-4, steps unset: VLCS's 5001) vs AgrSum (lr 1e-5, steps 5001 given,
+    surgery_reduction mean); 4 targets x 3 trials; ERM's target L ran trial 2 for 1000 steps."""
+    for env in range(4):
+        for trial in range(3):
+            mixed = env == 1 and trial == 2
+            _run(root, "ERM", env, trial, 0.70 + 0.01 * trial, steps=1000 if mixed else None,
+                 lr=1e-4)
+            _run(root, "AgrSum", env, trial, 0.72 + 0.01 * trial, steps=5001, lr=1e-5,
+                 surgery_batches="multi", surgery_reduction="mean")
+    return root
+
+
+@pytest.fixture(scope="module")
+def proto_table(domainbed, tmp_path_factory):
+    root = write_protocol_sweep(tmp_path_factory.mktemp("protocol"))
+    records = rep.load_records(root)
+    return root, rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS",
+                               records=records)
+
+
+def test_protocol_lines_state_what_differs(proto_table):
+    _, t = proto_table
+    assert fmt.protocol_lines(t) == [
+        "Protocol (24 runs): steps ERM 1000/5001 (mixed), AgrSum 5001; checkpoint_freq 300; "
+        "batch_size 32; backbone resnet50; weights timm resnet50.ram_in1k; pretrained true; "
+        "data_augmentation true; surgery_reduction mean (AgrSum).",
+        "Hparam samples: 1 (hparams_seed 0: default hparams); trials: 3 (trial_seed 0-2).",
+        "Not the same for every algorithm: steps, lr.",
+        "Hparams that differ between algorithms: lr (ERM 0.0001, AgrSum 1e-05).",
+        "The algorithms' own hparams: AgrSum surgery_batches.",
+        "\u2021: the cell's runs mix protocols (its note says which items); its mean pools them.",
+    ]
+
+
+def test_cells_that_mix_protocols_are_flagged(proto_table):
+    _, t = proto_table
+    flagged = t.cells[t.cells["mixed"]][["algorithm", "target"]].values.tolist()
+    assert flagged == [["ERM", "L"], ["ERM", "Avg"]]
+    assert t.cell("L", "ERM")["note"] == "mixed protocol: steps 1000/5001"
+    assert fmt.cell_text(t.cell("L", "ERM"), "text") == "71.0 (1.0)\u2021"
+    assert fmt.cell_text(t.cell("L", "ERM"), "latex") == "71.0 (1.0)$^\\ddagger$"
+    assert fmt.cell_text(t.cell("C", "ERM"), "text") == "71.0 (1.0)"
+    assert "Note - mixed protocol: steps 1000/5001: ERM (L, Avg)" in fmt.to_text(t)
+    assert "mixed" in fmt.cells_csv(t).splitlines()[0].split(",")
+
+
+def test_protocol_in_every_format_and_the_cli(proto_table, tmp_path, capsys):
+    from domainbed_surgery.scripts import report as cli
+
+    root, t = proto_table
+    assert "- Not the same for every algorithm: steps, lr." in fmt.to_markdown(t)
+    assert "surgery\\_reduction mean (AgrSum)" in fmt.to_latex(t)
+    cli.main(["--input_dir", str(root), "--output_dir", str(tmp_path), "--no_figures"])
+    out = capsys.readouterr().out
+    assert "Hparams that differ between algorithms: lr (ERM 0.0001, AgrSum 1e-05)." in out
+    assert "71.0 (1.0)\u2021" in out
+
+
+def test_same_protocol_says_so_and_searched_batch_is_not_a_mix(domainbed, tmp_path):
+    for trial in range(2):
+        for hseed in range(2):
+            # a random search draws per (hparams_seed, trial_seed), the same for both
+            _run(tmp_path, "ERM", 0, trial, 0.7, hseed=hseed, batch_size=8 + 10 * trial + hseed)
+            _run(tmp_path, "AgrSum", 0, trial, 0.7, hseed=hseed,
+                 batch_size=8 + 10 * trial + hseed, surgery_reduction="sum")
+    records = rep.load_records(tmp_path)
+    t = rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS", records=records)
+    lines = fmt.protocol_lines(t)
+    assert "batch_size 8-19 (searched)" in lines[0]
+    assert lines[0].endswith("; surgery_reduction sum (AgrSum).")
+    assert lines[1:] == [
+        "Hparam samples: 2 (hparams_seed 0-1); trials: 2 (trial_seed 0-1).",
+        "Same protocol and same shared hparams for every algorithm; they differ only by the "
+        "method (and its own hparams)."]
+    # one (hparams_seed, trial_seed) with two batch sizes is a mix, not a search
+    runs = [{"args": {"hparams_seed": 0, "trial_seed": 0}, "protocol": {"batch_size": b}}
+            for b in (8, 16)]
+    assert rep._mixed("batch_size", runs) == [8, 16]
+    runs[1]["args"]["trial_seed"] = 1
+    assert rep._mixed("batch_size", runs) == []
+
+
+@pytest.mark.parametrize("dataset, hparams, expected", [
+    ("PACS", {"resnet18": False, "resnet50_augmix": True},
+     ("DomainBed's ResNet (resnet50)", "timm resnet50.ram_in1k", True)),
+    # DomainBed's quirk: resnet18 with resnet50_augmix is timm's ResNet-50
+    ("PACS", {"resnet18": True, "resnet50_augmix": True},
+     ("DomainBed's ResNet (resnet50)", "timm resnet50.ram_in1k", True)),
+    ("PACS", {"resnet18": True, "resnet50_augmix": False},
+     ("DomainBed's ResNet (resnet18)", "torchvision ResNet18_Weights.IMAGENET1K_V1", True)),
+    ("PACS", {"backbone": "resnet18", "resnet50_augmix": True},
+     ("resnet18", "torchvision ResNet18_Weights.IMAGENET1K_V1", True)),
+    ("PACS", {"backbone": "resnet50", "resnet50_augmix": False, "pretrained": False},
+     ("resnet50", "random init", False)),
+    ("PACS", {"backbone": "alexnet"}, ("alexnet", "torchvision AlexNet_Weights.IMAGENET1K_V1", True)),
+    ("RotatedMNIST", {"resnet18": False, "resnet50_augmix": True},
+     ("DomainBed's MNIST CNN", "random init", "n/a")),
+    ("RotatedDigits", {"backbone": "mnist_cnn"}, ("mnist_cnn", "random init", "n/a")),
+])
+def test_run_protocol_names_backbone_and_weights(domainbed, dataset, hparams, expected):
+    record = {"args": {"dataset": dataset, "algorithm": "ERM", "steps": None,
+                       "checkpoint_freq": None}, "hparams": hparams}
+    got = rep.run_protocol(record)
+    assert (got["backbone"], got["weights"], got["pretrained"]) == expected
+    from domainbed import datasets
+
+    cls = datasets.get_dataset_class(dataset)
+    assert (got["steps"], got["checkpoint_freq"]) == (cls.N_STEPS, cls.CHECKPOINT_FREQ)
+    assert "surgery_reduction" not in got
+    record["args"]["algorithm"] = "PCGrad"
+    assert rep.run_protocol(record)["surgery_reduction"] == "not recorded"

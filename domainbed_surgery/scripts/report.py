@@ -5,7 +5,9 @@
 
 Writes ``<dataset>_<selection>.{md,tex,csv}``, ``<dataset>_<selection>_cells.csv``,
 ``<dataset>_<selection>_boxplot.{png,pdf}`` and ``per_trial_<selection>.csv`` into
-the output folder (default ``<input_dir>/report``) and prints the tables as text.
+the output folder (default ``<input_dir>/report``) and prints the tables as text. Under
+each table: the protocol read from the runs (steps, batch size, backbone and weights...,
+what differs between the algorithms); cells whose runs mix protocols are marked.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def main(argv=None) -> list[Path]:
                   "No cell: no (dataset, algorithm, test env, trial) group has a selectable "
                   "single-test-env run.")
             continue
-        for table in rep.tables(per_trial, method.name, args.baseline, args.alpha):
+        for table in rep.tables(per_trial, method.name, args.baseline, args.alpha, records=records):
             print()
             print(fmt.to_text(table), end="")
             stem = out_dir / f"{table.dataset}_{key}"
