@@ -32,7 +32,8 @@ fails or is interrupted stays *Incomplete* for ``sweep.py``, so
     ``DIR/launcher.txt`` (DomainBed's train.py also tees to ``DIR/out.txt``/``err.txt``).
 
 It shows a tqdm bar with done/failed counts; a failed job does not stop the
-others, and failures are listed at the end (command, exit code, ``err.txt``).
+others, and failures are listed at the end (command, exit code, ``err.txt``), after
+which the launcher raises :class:`JobsFailed` so that the sweep exits with status 1.
 Ctrl-C terminates the running jobs' process groups (SIGTERM, then SIGKILL after
 ``DOMAINBED_PARALLEL_KILL_GRACE`` seconds, default 5) and re-raises
 ``KeyboardInterrupt``.
@@ -49,7 +50,8 @@ Ctrl-C terminates the running jobs' process groups (SIGTERM, then SIGKILL after
 as subprocesses, ``debug`` = in this process; used by the tests),
 ``DOMAINBED_SLURM_WAIT`` (``1``: block until all jobs end and list failures;
 default ``1`` for ``local``/``debug``, ``0`` for Slurm, where the launcher returns
-after submission and prints the job ids).
+after submission and prints the job ids). When it waits, failures are listed and the
+sweep exits with status 1, as with ``parallel``.
 """
 
 from __future__ import annotations
@@ -149,6 +151,20 @@ class JobResult:
         return None if out is None else os.path.join(out, "err.txt")
 
 
+class JobsFailed(SystemExit):
+    """Raised by a launcher, after listing the failures, when some jobs failed.
+
+    DomainBed's ``sweep.py`` ignores what a launcher returns; a ``SystemExit`` with a
+    message makes it exit with status 1, so scripted pipelines stop. ``results`` holds
+    what the launcher would have returned.
+    """
+
+    def __init__(self, launcher: str, n_failed: int, results: list) -> None:
+        super().__init__(f"{launcher} launcher: {n_failed} of {len(results)} job(s) failed "
+                         "(listed above); exiting with status 1.")
+        self.results = results
+
+
 # -- parallel ------------------------------------------------------------------------
 @dataclass
 class ParallelPlan:
@@ -194,13 +210,14 @@ def _kill_group(proc: subprocess.Popen, grace: float) -> None:
 
 
 def parallel_launcher(commands: Sequence[str], *, poll_s: float = 0.1,
-                      progress: bool = True) -> list[JobResult]:
+                      progress: bool = True, check: bool = True) -> list[JobResult]:
     """Run ``commands`` concurrently on this machine (see the module docstring).
 
     Each command runs with ``shell=True`` in its own session/process group, so
     Ctrl-C reaches only the launcher, which then terminates every running job's
     group and re-raises ``KeyboardInterrupt``. Returns one :class:`JobResult` per
-    command, in the given order.
+    command, in the given order; if any failed, ``check`` raises :class:`JobsFailed`
+    (carrying them) after the report instead.
     """
     import tqdm  # noqa: PLC0415 - DomainBed's sweep needs it anyway
 
@@ -266,17 +283,21 @@ def parallel_launcher(commands: Sequence[str], *, poll_s: float = 0.1,
             log.close()
         raise
     bar.close()
-    _report(results)
+    n_failed = _report(results)
+    if check and n_failed:
+        raise JobsFailed("parallel", n_failed, results)
     return results
 
 
-def _report(results: list[JobResult]) -> None:
+def _report(results: list[JobResult]) -> int:
+    """Print how many jobs succeeded and list the failed ones; return how many failed."""
     failed = [r for r in results if r.returncode not in (0, None)]
     ok = sum(r.ok for r in results)
     print(f"parallel launcher: {ok} succeeded, {len(failed)} failed.", file=sys.stderr)
     for r in failed:
         print(f"  FAILED (exit code {r.returncode}): {r.command}\n"
               f"    err.txt: {r.err_txt or '-'}\n    launcher log: {r.log}", file=sys.stderr)
+    return len(failed)
 
 
 # -- slurm (submitit) ------------------------------------------------------------------
@@ -329,7 +350,7 @@ def slurm_launcher(commands: Sequence[str], *, cluster: Optional[str] = None,
     available, ``"local"`` or ``"debug"`` to run here. ``executor_factory(folder=...,
     cluster=...)`` replaces ``submitit.AutoExecutor`` (for tests or custom clusters).
     Returns the submitit jobs, in command order; with ``wait`` it blocks until they
-    end and prints the failures.
+    end, lists the failures and raises :class:`JobsFailed` (carrying the jobs) if any.
     """
     import submitit  # noqa: PLC0415 - optional dependency, only for this launcher
 
@@ -365,6 +386,8 @@ def slurm_launcher(commands: Sequence[str], *, cluster: Optional[str] = None,
                   f"    err.txt: {os.path.join(out, 'err.txt') if out else '-'}\n"
                   f"    submitit log: {job.paths.stderr}\n"
                   f"    {_reason(exc)}", file=sys.stderr)
+        if failed:
+            raise JobsFailed("slurm", len(failed), jobs)
     return jobs
 
 

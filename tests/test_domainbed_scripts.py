@@ -145,3 +145,18 @@ def test_checkpoint_freq_through_the_parallel_launcher(domainbed, subprocess_env
     assert "3 jobs: 0 done, 0 incomplete, 3 not launched." in other.stdout
     assert other.stdout.count("Dummy launcher:") == 3
     assert "3 run(s) in" in other.stderr and "--checkpoint_freq 2" in other.stderr
+
+
+def test_sweep_with_failed_jobs_exits_non_zero(domainbed, subprocess_env, tmp_path):
+    """DomainBed's own sweep ignores what the launcher returns: `parallel` raises after its
+    report so that the sweep exits non-zero and scripted pipelines stop."""
+    env = dict(subprocess_env, DOMAINBED_PARALLEL_JOBS="2", DOMAINBED_PARALLEL_GPUS="none")
+    args = sweep_args(tmp_path / "sweep", tmp_path, "--steps", "1", "--command_launcher",
+                      "parallel")
+    args[0] = "domainbed.scripts.sweep"  # DomainBed's own entry point
+    args[args.index(TINY)] = json.dumps({"batch_size": 8, "backbone": "no_such_backbone"})
+    proc = subprocess.run([sys.executable, "-m", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "0 succeeded, 3 failed" in proc.stderr and "3 of 3 job(s) failed" in proc.stderr
+    assert proc.stderr.count("FAILED (exit code 1)") == 3

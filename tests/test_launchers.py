@@ -93,7 +93,11 @@ def test_parallel_failure_does_not_stop_others(tmp_path, cpu_env, capsys):
             f"exit 3 # --output_dir {out}",
             record(tmp_path / "b.json", code=0),
             record(tmp_path / "c.json", code=5)]
-    results = launchers.parallel_launcher(cmds, progress=False)
+    with pytest.raises(SystemExit) as exc:
+        launchers.parallel_launcher(cmds, progress=False)
+    assert exc.value.code not in (0, None)  # the sweep exits non-zero
+    assert "2 of 4 job(s) failed" in str(exc.value.code)
+    results = exc.value.results
     assert [r.returncode for r in results] == [0, 3, 0, 5]
     assert (tmp_path / "a.json").exists() and (tmp_path / "b.json").exists()
     err = capsys.readouterr().err
@@ -212,7 +216,10 @@ def test_slurm_local_executor_runs_jobs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DOMAINBED_SLURM_TIME", "2")
     cmds = [f"echo {i} > {tmp_path / f'marker{i}'}" for i in range(3)]
     cmds.append(f"exit 3 # --output_dir {tmp_path / 'bad'}")
-    jobs = launchers.slurm_launcher(cmds)
+    with pytest.raises(SystemExit) as exc:
+        launchers.slurm_launcher(cmds)
+    assert exc.value.code not in (0, None) and "1 of 4 job(s) failed" in str(exc.value.code)
+    jobs = exc.value.results
     assert len(jobs) == 4
     for i in range(3):
         assert (tmp_path / f"marker{i}").read_text().strip() == str(i)
