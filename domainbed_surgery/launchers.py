@@ -34,9 +34,12 @@ fails or is interrupted stays *Incomplete* for ``sweep.py``, so
 It shows a tqdm bar with done/failed counts; a failed job does not stop the
 others, and failures are listed at the end (command, exit code, ``err.txt``), after
 which the launcher raises :class:`JobsFailed` so that the sweep exits with status 1.
-Ctrl-C terminates the running jobs' process groups (SIGTERM, then SIGKILL after
-``DOMAINBED_PARALLEL_KILL_GRACE`` seconds, default 5) and re-raises
-``KeyboardInterrupt``.
+Ctrl-C, SIGTERM (``timeout``, a cluster's job limit) and SIGHUP terminate the running
+jobs' process groups (SIGTERM, then SIGKILL after ``DOMAINBED_PARALLEL_KILL_GRACE``
+seconds, default 5); then Ctrl-C re-raises ``KeyboardInterrupt`` and the others exit
+with status 128 + the signal number. If the sweep is killed outright (SIGKILL, out of
+memory), each job still dies with it: it runs under a small guard
+(:mod:`domainbed_surgery.jobguard`) that the kernel signals when the launcher dies.
 
 ``slurm`` -- submit the commands as a Slurm job array with submitit
 ----------------------------------------------------------------------
@@ -56,17 +59,19 @@ sweep exits with status 1, as with ``parallel``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 ENV_PREFIX_PARALLEL = "DOMAINBED_PARALLEL_"
 ENV_PREFIX_SLURM = "DOMAINBED_SLURM_"
@@ -191,37 +196,113 @@ class ParallelPlan:
         return cls(slots=slots, threads=threads, gpus=gpus)
 
 
-def _kill_group(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the job's process group, SIGKILL it if it outlives ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP reached the launcher (what ``KeyboardInterrupt`` is for SIGINT)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _StopSignals:
+    """While the launcher runs, SIGTERM/SIGHUP raise :class:`Terminated` and Ctrl-C
+    ``KeyboardInterrupt``, except inside :meth:`deferred`, which holds them back until
+    it ends (so a job is never started without being tracked, nor cleanup cut short).
+    Handlers are only installed from the main thread, and Ctrl-C only if Python's
+    default handler has it."""
+
+    def __init__(self) -> None:
+        self._previous: dict = {}
+        self._depth = 0
+        self._pending: Optional[int] = None
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                if sig == signal.SIGINT and signal.getsignal(sig) is not signal.default_int_handler:
+                    continue
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self._depth:
+            self._pending = self._pending or signum
+        else:
+            self._raise(signum)
+
+    @staticmethod
+    def _raise(signum: int) -> None:
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold stop signals back for the duration of the block; raise the first one after it."""
+        self._depth += 1
         try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth and self._pending is not None:
+                signum, self._pending = self._pending, None
+                self._raise(signum)
+
+
+def _kill_groups(procs: Sequence[subprocess.Popen], grace: float) -> None:
+    """SIGTERM the jobs' process groups, SIGKILL what outlives ``grace`` seconds."""
+    def signal_all(sig: int) -> None:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
         try:
-            proc.wait(timeout=wait)
-            # the shell is gone; make sure nothing else of its group survives it
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            continue
-        except (ProcessLookupError, PermissionError):
             pass
-        return
+    signal_all(signal.SIGKILL)  # the guards are gone or stuck; nothing of a group survives
+    for proc in procs:
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _start_job(command: str, env: dict, log) -> subprocess.Popen:
+    """Start ``command`` under :mod:`.jobguard` in a new session, so that it dies with us."""
+    guard = [sys.executable, "-m", "domainbed_surgery.jobguard", str(os.getpid()), command]
+    return subprocess.Popen(guard, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def parallel_launcher(commands: Sequence[str], *, poll_s: float = 0.1,
                       progress: bool = True, check: bool = True) -> list[JobResult]:
     """Run ``commands`` concurrently on this machine (see the module docstring).
 
-    Each command runs with ``shell=True`` in its own session/process group, so
-    Ctrl-C reaches only the launcher, which then terminates every running job's
-    group and re-raises ``KeyboardInterrupt``. Returns one :class:`JobResult` per
-    command, in the given order; if any failed, ``check`` raises :class:`JobsFailed`
-    (carrying them) after the report instead.
+    Each command runs with ``shell=True`` under a :mod:`.jobguard` in its own
+    session/process group, so Ctrl-C reaches only the launcher, and the jobs die with
+    the launcher however it dies. On Ctrl-C (SIGINT), SIGTERM or SIGHUP the launcher
+    terminates every running job's group, then re-raises ``KeyboardInterrupt``
+    (SIGINT) or exits with status 128 + the signal number. Returns one
+    :class:`JobResult` per command, in the given order; if any failed, ``check``
+    raises :class:`JobsFailed` (carrying them) after the report instead.
     """
+    with _StopSignals() as stop_signals:
+        return _run_parallel(list(commands), stop_signals, poll_s, progress, check)
+
+
+def _run_parallel(commands: list[str], stop_signals: _StopSignals, poll_s: float,
+                  progress: bool, check: bool) -> list[JobResult]:
+    """The body of :func:`parallel_launcher`, with its stop signals installed."""
     import tqdm  # noqa: PLC0415 - DomainBed's sweep needs it anyway
 
-    commands = list(commands)
     plan = ParallelPlan.from_env()
     grace = float(_env(ENV_PREFIX_PARALLEL + "KILL_GRACE", "5"))
     log_dir_env = _env(ENV_PREFIX_PARALLEL + "LOG_DIR")
@@ -251,15 +332,14 @@ def parallel_launcher(commands: Sequence[str], *, poll_s: float = 0.1,
     try:
         while pending or running:
             while pending and free:
-                i, slot = pending.popleft(), free.pop(0)
-                env = {**os.environ, **plan.slots[slot]}
-                path = log_path(i)
-                log = open(path, "ab")  # noqa: SIM115 - closed when the job ends
-                proc = subprocess.Popen(commands[i], shell=True, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
-                results[i].log, results[i].env = str(path), dict(plan.slots[slot])
-                running[i] = (proc, slot, time.monotonic(), log)
+                with stop_signals.deferred():
+                    i, slot = pending.popleft(), free.pop(0)
+                    env = {**os.environ, **plan.slots[slot]}
+                    path = log_path(i)
+                    log = open(path, "ab")  # noqa: SIM115 - closed when the job ends
+                    proc = _start_job(commands[i], env, log)
+                    results[i].log, results[i].env = str(path), dict(plan.slots[slot])
+                    running[i] = (proc, slot, time.monotonic(), log)
             for i in [i for i, (p, *_) in running.items() if p.poll() is not None]:
                 proc, slot, start, log = running.pop(i)
                 log.close()
@@ -272,15 +352,18 @@ def parallel_launcher(commands: Sequence[str], *, poll_s: float = 0.1,
                 bar.set_postfix(done=n_done, failed=n_failed, refresh=False)
                 bar.update(1)
             time.sleep(poll_s)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"\nparallel launcher: interrupted; terminating {len(running)} running job(s). "
-              "Nothing was marked done or deleted: run `sweep delete_incomplete` and "
-              "`sweep launch` again to resume.", file=sys.stderr)
-        for proc, *_ in running.values():
-            _kill_group(proc, grace)
-        for _, _, _, log in running.values():
-            log.close()
+    except (KeyboardInterrupt, Terminated) as exc:
+        with stop_signals.deferred():  # a second Ctrl-C must not cut the cleanup short
+            bar.close()
+            what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"got {exc}"
+            print(f"\nparallel launcher: {what}; terminating {len(running)} running job(s). "
+                  "Nothing was marked done or deleted: run `sweep delete_incomplete` and "
+                  "`sweep launch` again to resume.", file=sys.stderr)
+            _kill_groups([proc for proc, *_ in running.values()], grace)
+            for _, _, _, log in running.values():
+                log.close()
+        if isinstance(exc, Terminated):
+            raise SystemExit(128 + exc.signum) from None
         raise
     bar.close()
     n_failed = _report(results)

@@ -4,6 +4,7 @@ import _thread
 import json
 import os
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -228,3 +229,65 @@ def test_slurm_local_executor_runs_jobs(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "3 succeeded, 1 failed" in err and f"{tmp_path / 'bad'}/err.txt" in err
     assert "returned non-zero exit status 3" in err
+
+
+# -- the sweep killed: SIGTERM like Ctrl-C; after SIGKILL the jobs die with it ----------------
+LAUNCH = """
+import sys
+from domainbed_surgery import launchers
+launchers.parallel_launcher(sys.argv[1:], progress=False)
+"""
+
+
+def job_writing_pids(out: Path) -> str:
+    """A job that records its python pid and a background grandchild's pid, then runs 60 s."""
+    script = (f"import os, time; open({str(out / 'pid')!r}, 'w').write(str(os.getpid())); "
+              f"time.sleep(60); open({str(out / 'done')!r}, 'w').write('done')")
+    return (f"sleep 60 & echo $! > {shlex.quote(str(out / 'bg'))}; "
+            f"{PY} -c {shlex.quote(script)}; wait # --output_dir {out}")
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_killed_launcher_leaves_no_job_behind(tmp_path, sig):
+    import signal
+
+    outs = [tmp_path / f"job{i}" for i in range(3)]  # 2 run, 1 waits
+    for out in outs:
+        out.mkdir()
+    env = dict(os.environ, DOMAINBED_PARALLEL_GPUS="none", DOMAINBED_PARALLEL_JOBS="2",
+               DOMAINBED_PARALLEL_KILL_GRACE="1")
+    log = open(tmp_path / "launcher.log", "w")
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCH, *map(job_writing_pids, outs)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    pid_files = [out / name for out in outs[:2] for name in ("pid", "bg")]
+    pids = []
+    try:
+        assert wait_for(lambda: all(p.exists() and p.read_text().strip() for p in pid_files), 30)
+        pids = [int(p.read_text()) for p in pid_files]
+        assert all(_alive(p) for p in pids)
+        launcher.send_signal(getattr(signal, sig))
+        launcher.wait(timeout=20)
+        assert wait_for(lambda: not any(_alive(p) for p in pids), 8), \
+            f"job processes outlived the launcher's {sig}: {[p for p in pids if _alive(p)]}"
+        if sig == "SIGTERM":  # handled like Ctrl-C: says so, exits non-zero
+            assert launcher.returncode not in (0, None)
+            assert "terminating 2 running job(s)" in (tmp_path / "launcher.log").read_text()
+        assert not any((out / "done").exists() for out in outs)
+        assert not (outs[2] / "pid").exists()  # the queued job never started
+    finally:
+        log.close()
+        for pid in pids + [launcher.pid]:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        launcher.wait()
