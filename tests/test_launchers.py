@@ -232,11 +232,12 @@ def test_slurm_local_executor_runs_jobs(tmp_path, monkeypatch, capsys):
 
 
 # -- the sweep killed: SIGTERM like Ctrl-C; after SIGKILL the jobs die with it ----------------
-LAUNCH = """
-import sys
-from domainbed_surgery import launchers
-launchers.parallel_launcher(sys.argv[1:], progress=False)
-"""
+LAUNCH = {
+    "parallel": "import sys; from domainbed_surgery import launchers; "
+                "launchers.parallel_launcher(sys.argv[1:], progress=False)",
+    "slurm": "import sys; from domainbed_surgery import launchers; "
+             "launchers.slurm_launcher(sys.argv[1:])",
+}
 
 
 def job_writing_pids(out: Path) -> str:
@@ -256,17 +257,25 @@ def wait_for(predicate, timeout: float) -> bool:
     return predicate()
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
-def test_killed_launcher_leaves_no_job_behind(tmp_path, sig):
+@pytest.mark.parametrize("launcher_name,sig", [("parallel", "SIGTERM"), ("parallel", "SIGKILL"),
+                                                ("slurm", "SIGTERM")])
+def test_killed_launcher_leaves_no_job_behind(tmp_path, launcher_name, sig):
+    """The sweep's process killed (slurm: DOMAINBED_SLURM_CLUSTER=local) mid-way: no job
+    process survives it, none writes ``done``, the queued one never starts."""
     import signal
 
+    if launcher_name == "slurm":
+        pytest.importorskip("submitit")
     outs = [tmp_path / f"job{i}" for i in range(3)]  # 2 run, 1 waits
     for out in outs:
         out.mkdir()
     env = dict(os.environ, DOMAINBED_PARALLEL_GPUS="none", DOMAINBED_PARALLEL_JOBS="2",
-               DOMAINBED_PARALLEL_KILL_GRACE="1")
+               DOMAINBED_PARALLEL_KILL_GRACE="1", DOMAINBED_SLURM_CLUSTER="local",
+               DOMAINBED_SLURM_ARRAY_PARALLELISM="2", DOMAINBED_SLURM_GPUS="0",
+               DOMAINBED_SLURM_LOG_DIR=str(tmp_path / "logs"))
     log = open(tmp_path / "launcher.log", "w")
-    launcher = subprocess.Popen([sys.executable, "-c", LAUNCH, *map(job_writing_pids, outs)],
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCH[launcher_name],
+                                 *map(job_writing_pids, outs)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
     pid_files = [out / name for out in outs[:2] for name in ("pid", "bg")]
     pids = []
@@ -280,7 +289,7 @@ def test_killed_launcher_leaves_no_job_behind(tmp_path, sig):
             f"job processes outlived the launcher's {sig}: {[p for p in pids if _alive(p)]}"
         if sig == "SIGTERM":  # handled like Ctrl-C: says so, exits non-zero
             assert launcher.returncode not in (0, None)
-            assert "terminating 2 running job(s)" in (tmp_path / "launcher.log").read_text()
+            assert "2 running" in (tmp_path / "launcher.log").read_text()
         assert not any((out / "done").exists() for out in outs)
         assert not (outs[2] / "pid").exists()  # the queued job never started
     finally:
@@ -291,3 +300,52 @@ def test_killed_launcher_leaves_no_job_behind(tmp_path, sig):
             except ProcessLookupError:
                 pass
         launcher.wait()
+
+
+# -- slurm without Slurm ------------------------------------------------------------------------
+def test_slurm_without_slurm_is_an_error_not_a_local_run(tmp_path, monkeypatch):
+    """No sbatch and DOMAINBED_SLURM_CLUSTER unset: submitit would quietly run every job here
+    at once; the launcher must refuse before starting anything."""
+    pytest.importorskip("submitit")
+    monkeypatch.delenv("DOMAINBED_SLURM_CLUSTER", raising=False)
+    monkeypatch.setenv("DOMAINBED_SLURM_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))  # no sbatch, no srun
+    cmds = [f"echo {i} > {tmp_path / f'marker{i}'}" for i in range(4)]
+    with pytest.raises(SystemExit) as exc:
+        launchers.slurm_launcher(cmds)
+    message = str(exc.value.code)
+    assert "sbatch" in message and "DOMAINBED_SLURM_CLUSTER=local" in message
+    assert "parallel" in message
+    time.sleep(1.0)
+    assert not list(tmp_path.glob("marker*"))  # nothing ran, nothing was submitted
+
+
+def test_slurm_cluster_is_slurm_when_sbatch_is_there(tmp_path, monkeypatch):
+    """With sbatch on PATH, submitit is asked for Slurm explicitly (never its local fallback)."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake_bin))
+    monkeypatch.delenv("DOMAINBED_SLURM_CLUSTER", raising=False)
+    assert launchers.slurm_cluster() == "slurm"
+    monkeypatch.setenv("DOMAINBED_SLURM_CLUSTER", "local")
+    assert launchers.slurm_cluster() == "local"
+
+
+def test_slurm_local_honours_array_parallelism(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("DOMAINBED_SLURM_CLUSTER", "local")
+    monkeypatch.setenv("DOMAINBED_SLURM_ARRAY_PARALLELISM", "2")
+    monkeypatch.setenv("DOMAINBED_SLURM_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("DOMAINBED_SLURM_GPUS", "0")
+    files = [tmp_path / f"r{i}.json" for i in range(4)]
+    jobs = launchers.slurm_launcher([record(f, sleep=1.5) for f in files])
+    assert [j.result() for j in jobs] == [0, 0, 0, 0]
+    runs = [json.loads(f.read_text()) for f in files]
+    events = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs])
+    level = peak = 0
+    for _, delta in events:
+        level += delta
+        peak = max(peak, level)
+    assert peak == 2
