@@ -24,8 +24,13 @@ SURGERY_ALGORITHMS = ("AgrSum", "AgrRand", "PCGrad")
 #: Our datasets take DomainBed's dataset-dependent hparams (lr, batch size...) of these.
 DATASET_HPARAMS_AS = {"RotatedDigits": "RotatedMNIST", "PACS64": "PACS"}
 
-#: Default ``backbone`` per dataset; elsewhere None keeps DomainBed's own featurizer choice.
-DATASET_BACKBONES = {"RotatedDigits": "mnist_cnn"}
+#: Default ``backbone`` per dataset; elsewhere None keeps DomainBed's own featurizer choice
+#: (which has nothing for PACS64's 64 px images).
+DATASET_BACKBONES = {"RotatedDigits": "mnist_cnn", "PACS64": "resnet18"}
+
+#: Default ``pretrained`` per dataset (elsewhere true): PACS64's ResNet-18 trains from
+#: scratch by default, so that it runs without downloading ImageNet weights.
+DATASET_PRETRAINED = {"PACS64": False}
 
 #: Where DomainBed's ranges (those of ``DATASET_HPARAMS_AS``) do not fit our data, ours
 #: replace them; same default, same per-name seeding. RotatedDigits: a domain's training
@@ -41,8 +46,9 @@ DATASET_RANGES = {
 def common_hparams(dataset: str) -> tuple[HParam, ...]:
     """For every algorithm, ours and DomainBed's (see domainbed_surgery.backbones)."""
     backbone = DATASET_BACKBONES.get(dataset)
+    pretrained = DATASET_PRETRAINED.get(dataset, True)
     return (HParam("backbone", backbone, lambda r: backbone),
-            HParam("pretrained", True, lambda r: True))
+            HParam("pretrained", pretrained, lambda r: pretrained))
 
 
 #: For the surgery algorithms. "multi": one gradient per source domain (the method);

@@ -124,3 +124,94 @@ def test_loader_check_is_registered_once(domainbed):
         "InfiniteDataLoader", "InfiniteDataLoaderWithoutReplacement"]
     assert fast_data_loader.InfiniteDataLoader is before  # idempotent: not wrapped twice
     assert before.__wrapped__.__module__ == "domainbed.lib.fast_data_loader"
+
+
+# -- item 5: PACS64 reads exactly PACS's layout ---------------------------------------------
+PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
+PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
+
+
+def make_pacs(root, per_class=6, domains=PACS_DOMAINS, classes=PACS_CLASSES):
+    """A tiny PACS in DomainBed's layout: ``root/PACS/<domain>/<class>/<i>.jpg`` (8x8 images)."""
+    from PIL import Image
+
+    for d, domain in enumerate(domains):
+        for c, cls in enumerate(classes):
+            folder = root / "PACS" / domain / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.new("RGB", (8, 8), (30 * c, 60 * d, 10 * i)).save(folder / f"{i}.jpg")
+    return root
+
+
+def pacs64(root, test_envs=(0,)):
+    from domainbed_surgery.datasets import PACS64
+
+    return PACS64(str(root), list(test_envs), {"data_augmentation": False})
+
+
+def test_pacs64_reads_the_expected_layout(domainbed, tmp_path):
+    make_pacs(tmp_path)
+    data = pacs64(tmp_path)
+    assert [env.root.rsplit("/", 1)[-1] for env in data.datasets] == list(PACS_DOMAINS)
+    assert data.num_classes == 7 and all(env.classes == list(PACS_CLASSES) for env in data)
+    x, y = data[2][6 * 4]  # photo, the first 'horse' image
+    assert tuple(x.shape) == (3, 64, 64) and y == PACS_CLASSES.index("horse")
+
+
+@pytest.mark.parametrize("change,expected", [
+    ("missing_domain", r"missing domain folder\(s\): sketch"),
+    ("extra_domain", r"unexpected folder\(s\): sketch_old"),
+    ("missing_class", r"cartoon: missing class folder\(s\): horse"),
+    ("extra_class", r"photo: unexpected folder\(s\): zebra"),
+    ("empty", r"no domain folders"),
+])
+def test_pacs64_wrong_layout_is_an_error_naming_what(domainbed, tmp_path, change, expected):
+    import shutil
+
+    make_pacs(tmp_path)
+    pacs = tmp_path / "PACS"
+    if change == "missing_domain":
+        shutil.rmtree(pacs / "sketch")
+    elif change == "extra_domain":
+        shutil.copytree(pacs / "sketch", pacs / "sketch_old")
+    elif change == "missing_class":
+        shutil.rmtree(pacs / "cartoon" / "horse")
+    elif change == "extra_class":
+        shutil.copytree(pacs / "photo" / "horse", pacs / "photo" / "zebra")
+    elif change == "empty":
+        shutil.rmtree(pacs)
+        pacs.mkdir()
+    with pytest.raises(ValueError, match=expected):
+        pacs64(tmp_path)
+
+
+def test_pacs64_empty_class_folder_names_its_domain(domainbed, tmp_path):
+    make_pacs(tmp_path)
+    for image in (tmp_path / "PACS" / "cartoon" / "dog").iterdir():
+        image.unlink()
+    with pytest.raises(ValueError, match=r"cartoon.*dog"):
+        pacs64(tmp_path)
+
+
+def test_pacs64_default_hparams_build_a_model(domainbed):
+    """DomainBed's featurizer has nothing for 64 px (NotImplementedError): PACS64 defaults
+    to a ResNet-18 trained from scratch (no download needed)."""
+    from domainbed import algorithms, hparams_registry
+
+    hparams = hparams_registry.default_hparams("ERM", "PACS64")
+    assert (hparams["backbone"], hparams["pretrained"]) == ("resnet18", False)
+    model = algorithms.ERM((3, 64, 64), 7, 3, hparams)
+    assert type(model.featurizer).__name__ == "ResNetFeaturizer"
+
+
+def test_train_pacs64_with_default_hparams(domainbed, subprocess_env, tmp_path):
+    make_pacs(tmp_path)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "domainbed.scripts.train", "--dataset", "PACS64",
+                           "--data_dir", str(tmp_path), "--test_envs", "0", "--steps", "1",
+                           "--skip_model_save", "--output_dir", str(out)],
+                          env=subprocess_env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert (out / "done").exists()
