@@ -26,6 +26,10 @@ fails or is interrupted stays *Incomplete* for ``sweep.py``, so
     Threads per job (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``,
     ``OPENBLAS_NUM_THREADS``). Default ``max(1, cores // jobs at once)`` so the jobs
     do not oversubscribe the cores ("cores" = CPUs this process may run on).
+``DOMAINBED_PARALLEL_PROGRESS``
+    Where the progress bar goes: ``stderr`` (default), ``tty`` (the terminal, if there
+    is one, even when stdout and stderr go to a log file; ``sweeps/demo.sh`` uses it)
+    or ``none``.
 ``DOMAINBED_PARALLEL_LOG_DIR``
     Where a job's own stdout+stderr go when its command has no ``--output_dir``
     (default: a fresh temporary folder). With ``--output_dir DIR`` they go to
@@ -74,7 +78,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, TextIO
 
 ENV_PREFIX_PARALLEL = "DOMAINBED_PARALLEL_"
 ENV_PREFIX_SLURM = "DOMAINBED_SLURM_"
@@ -300,12 +304,35 @@ def parallel_launcher(commands: Sequence[str], *, poll_s: float = 0.1,
     :class:`JobResult` per command, in the given order; if any failed, ``check``
     raises :class:`JobsFailed` (carrying them) after the report instead.
     """
-    with _StopSignals() as stop_signals:
-        return _run_parallel(list(commands), stop_signals, poll_s, progress, check)
+    with _StopSignals() as stop_signals, _progress_stream(progress) as bar_file:
+        return _run_parallel(list(commands), stop_signals, poll_s, bar_file, check)
+
+
+@contextlib.contextmanager
+def _progress_stream(progress: bool = True) -> Iterator[Optional[TextIO]]:
+    """Where the progress bar goes per ``DOMAINBED_PARALLEL_PROGRESS`` (None: no bar).
+
+    ``stderr`` (default); ``tty``: this process's terminal if it has one (else stderr),
+    so a bar stays visible while stdout and stderr go to a log; ``none``: no bar."""
+    mode = (_env(ENV_PREFIX_PARALLEL + "PROGRESS") or "stderr").lower()
+    if not progress or mode in ("none", "off", "0", "no", "false"):
+        yield None
+    elif mode == "stderr":
+        yield sys.stderr
+    elif mode == "tty":
+        try:
+            terminal = open("/dev/tty", "w")  # noqa: SIM115 - closed below
+        except OSError:  # no controlling terminal (cron, nohup, CI)
+            yield sys.stderr
+        else:
+            with terminal:
+                yield terminal
+    else:
+        raise ValueError(f"{ENV_PREFIX_PARALLEL}PROGRESS={mode!r}: use stderr, tty or none")
 
 
 def _run_parallel(commands: list[str], stop_signals: _StopSignals, poll_s: float,
-                  progress: bool, check: bool) -> list[JobResult]:
+                  bar_file: Optional[TextIO], check: bool) -> list[JobResult]:
     """The body of :func:`parallel_launcher`, with its stop signals installed."""
     import tqdm  # noqa: PLC0415 - DomainBed's sweep needs it anyway
 
@@ -322,7 +349,7 @@ def _run_parallel(commands: list[str], stop_signals: _StopSignals, poll_s: float
     where = (f"GPUs {','.join(plan.gpus)} x{len(plan.slots) // len(plan.gpus)}" if plan.gpus
              else f"CPU, {len(plan.slots)} at once")
     bar = tqdm.tqdm(total=len(commands), desc=f"parallel ({where}, {plan.threads} threads)",
-                    disable=not progress, file=sys.stderr)
+                    disable=bar_file is None, file=bar_file)
 
     def log_path(i: int) -> Path:
         nonlocal log_dir

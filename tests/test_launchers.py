@@ -349,3 +349,38 @@ def test_slurm_local_honours_array_parallelism(tmp_path, monkeypatch):
         level += delta
         peak = max(peak, level)
     assert peak == 2
+
+
+# -- progress on the terminal while the output goes to a log (sweeps/demo.sh) -------------------
+def test_progress_reaches_the_terminal_when_output_is_logged(tmp_path):
+    """DOMAINBED_PARALLEL_PROGRESS=tty: the bar goes to the controlling terminal, the rest
+    (summary, failures) to stderr, here a log file, as in sweeps/demo.sh."""
+    import pty
+
+    log_path = tmp_path / "launch.log"
+    code = ("import sys; from domainbed_surgery import launchers; "
+            "launchers.parallel_launcher(['true', 'true', 'true'])")
+    env = dict(os.environ, DOMAINBED_PARALLEL_PROGRESS="tty", DOMAINBED_PARALLEL_GPUS="none",
+               DOMAINBED_PARALLEL_JOBS="2")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of its own, its stdout and stderr into the log
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.execve(sys.executable, [sys.executable, "-c", code], env)
+    terminal = b""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    logged = log_path.read_text()
+    assert b"parallel (CPU, 2 at once" in terminal and b"3/3" in terminal
+    assert "3 succeeded, 0 failed" in logged and "parallel (CPU" not in logged

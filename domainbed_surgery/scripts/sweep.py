@@ -8,6 +8,9 @@ different jobs in different folders: a sweep never takes runs made with another
 frequency for its own (without the option, jobs and folders are exactly DomainBed's).
 Runs of another frequency in the same ``--output_dir`` are reported loudly, since
 DomainBed's ``collect_results`` and our report would pool them with the new ones.
+
+It also stops on ``--hparams`` that is not a JSON object and warns about keys that no
+swept algorithm defines on the swept datasets (see :mod:`._checks`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from types import ModuleType
 from typing import Callable, Optional
 
 from ..registration import register
+from . import _checks
 from ._forward import forward, forward_prepared
 
 
@@ -80,6 +84,27 @@ def warn_other_frequencies(output_dir: str, checkpoint_freq: Optional[int]) -> N
               "both; use another --output_dir to keep them apart.", file=sys.stderr)
 
 
+def check_hparams(argv) -> None:
+    """Stop on ``--hparams`` that is not a JSON object; warn about keys no swept
+    (algorithm, dataset) defines (DomainBed's defaults: all algorithms and datasets)."""
+    parser = argparse.ArgumentParser(prog="python -m domainbed_surgery.scripts.sweep",
+                                     add_help=False)
+    parser.add_argument("--datasets", nargs="+", default=None)
+    parser.add_argument("--algorithms", nargs="+", default=None)
+    parser.add_argument("--hparams", default=None)
+    args, _ = parser.parse_known_args(argv)
+    hparams = _checks.parse_hparams(args.hparams)
+    if not hparams:
+        return
+    from domainbed import algorithms, datasets  # noqa: PLC0415
+
+    names = args.datasets or [d for d in datasets.DATASETS if "Debug" not in d]
+    for name in names:
+        _checks.dataset_class(name)
+    _checks.warn_unknown_hparams(hparams, [(a, d) for a in args.algorithms or algorithms.ALGORITHMS
+                                           for d in names])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--checkpoint_freq", type=int, default=None)
@@ -91,6 +116,8 @@ def main(argv=None):
         raise SystemExit(f"--checkpoint_freq {ours.checkpoint_freq}: must be a positive "
                          "number of steps")
     register()
+    if not {"-h", "--help"} & set(rest):
+        check_hparams(rest)
     if ours.output_dir is not None:
         warn_other_frequencies(ours.output_dir, ours.checkpoint_freq)
     if ours.checkpoint_freq is None:
