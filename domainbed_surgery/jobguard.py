@@ -49,11 +49,23 @@ def end_group(child: Optional[subprocess.Popen], grace: float) -> None:
     except OSError:
         pass
     if child is not None:
-        try:
-            child.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+        _reap(child.pid, grace)
     os.killpg(0, signal.SIGKILL)  # whatever is left, the guard included
+
+
+def _reap(pid: int, timeout: float, poll_s: float = 0.02) -> None:
+    """Wait up to ``timeout`` seconds for child ``pid`` to end.
+
+    Polls ``os.waitpid`` itself: this runs in a signal handler, possibly while the main
+    code sits in ``Popen.wait()`` holding the lock that another ``Popen.wait`` would need."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:  # already reaped
+            return
+        time.sleep(poll_s)
 
 
 def _watch_parent(parent: int, poll_s: float = 0.5) -> None:

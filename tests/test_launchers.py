@@ -241,10 +241,12 @@ LAUNCH = {
 
 
 def job_writing_pids(out: Path) -> str:
-    """A job that records its python pid and a background grandchild's pid, then runs 60 s."""
+    """A job that records its guard's pid, its python pid and a background grandchild's pid,
+    then runs 60 s."""
     script = (f"import os, time; open({str(out / 'pid')!r}, 'w').write(str(os.getpid())); "
               f"time.sleep(60); open({str(out / 'done')!r}, 'w').write('done')")
-    return (f"sleep 60 & echo $! > {shlex.quote(str(out / 'bg'))}; "
+    return (f"echo $PPID > {shlex.quote(str(out / 'guard'))}; "
+            f"sleep 60 & echo $! > {shlex.quote(str(out / 'bg'))}; "
             f"{PY} -c {shlex.quote(script)}; wait # --output_dir {out}")
 
 
@@ -261,7 +263,8 @@ def wait_for(predicate, timeout: float) -> bool:
                                                 ("slurm", "SIGTERM")])
 def test_killed_launcher_leaves_no_job_behind(tmp_path, launcher_name, sig):
     """The sweep's process killed (slurm: DOMAINBED_SLURM_CLUSTER=local) mid-way: no job
-    process survives it, none writes ``done``, the queued one never starts."""
+    process survives it, none writes ``done``, the queued one never starts. Jobs that end
+    on SIGTERM go at once, their guards too: the grace period is only for stubborn ones."""
     import signal
 
     if launcher_name == "slurm":
@@ -270,14 +273,14 @@ def test_killed_launcher_leaves_no_job_behind(tmp_path, launcher_name, sig):
     for out in outs:
         out.mkdir()
     env = dict(os.environ, DOMAINBED_PARALLEL_GPUS="none", DOMAINBED_PARALLEL_JOBS="2",
-               DOMAINBED_PARALLEL_KILL_GRACE="1", DOMAINBED_SLURM_CLUSTER="local",
+               DOMAINBED_PARALLEL_KILL_GRACE="30", DOMAINBED_SLURM_CLUSTER="local",
                DOMAINBED_SLURM_ARRAY_PARALLELISM="2", DOMAINBED_SLURM_GPUS="0",
                DOMAINBED_SLURM_LOG_DIR=str(tmp_path / "logs"))
     log = open(tmp_path / "launcher.log", "w")
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCH[launcher_name],
                                  *map(job_writing_pids, outs)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
-    pid_files = [out / name for out in outs[:2] for name in ("pid", "bg")]
+    pid_files = [out / name for out in outs[:2] for name in ("guard", "pid", "bg")]
     pids = []
     try:
         assert wait_for(lambda: all(p.exists() and p.read_text().strip() for p in pid_files), 30)
