@@ -28,12 +28,17 @@ class RotatedDigits(MultipleDomainDataset):
 class PACS64(MultipleDomainDataset):
     """PACS read from ``<data_dir>/PACS`` (DomainBed's layout) at 64x64 instead of 224x224.
 
-    For CPU-sized runs with a small backbone; transforms and augmentation mirror
-    DomainBed's image datasets (ImageNet normalization; random resized crop, flip,
-    color jitter and grayscale on training domains when ``data_augmentation``).
+    For CPU-sized runs with a small backbone (default: ResNet-18 from scratch, see
+    :mod:`.hparams`); transforms and augmentation mirror DomainBed's image datasets
+    (ImageNet normalization; random resized crop, flip, color jitter and grayscale on
+    training domains when ``data_augmentation``). The folder must hold exactly PACS's
+    four domain folders, each with exactly its seven class folders (see
+    :func:`check_pacs_layout`): anything else would shift domains or class indices.
     """
 
     ENVIRONMENTS = ["A", "C", "P", "S"]
+    DOMAIN_FOLDERS = ("art_painting", "cartoon", "photo", "sketch")  # ENVIRONMENTS' order
+    CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
     SIDE = 64
     CHECKPOINT_FREQ = 100
     N_WORKERS = 2
@@ -48,6 +53,7 @@ class PACS64(MultipleDomainDataset):
         folder = os.path.join(root, "PACS")
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"no PACS folder at {folder}")
+        check_pacs_layout(folder, self.DOMAIN_FOLDERS, self.CLASSES)
         normalize = transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
         plain = transforms.Compose([transforms.Resize((self.SIDE, self.SIDE)),
                                     transforms.ToTensor(), normalize])
@@ -55,14 +61,54 @@ class PACS64(MultipleDomainDataset):
             transforms.RandomResizedCrop(self.SIDE, scale=(0.7, 1.0)),
             transforms.RandomHorizontalFlip(), transforms.ColorJitter(0.3, 0.3, 0.3, 0.3),
             transforms.RandomGrayscale(), transforms.ToTensor(), normalize])
-        environments = sorted(f.name for f in os.scandir(folder) if f.is_dir())
-        self.datasets = [
-            ImageFolder(os.path.join(folder, env),
-                        transform=augment if hparams.get("data_augmentation", True)
-                        and i not in test_envs else plain)
-            for i, env in enumerate(environments)]
+        self.datasets = []
+        for i, env in enumerate(self.DOMAIN_FOLDERS):
+            train = hparams.get("data_augmentation", True) and i not in test_envs
+            try:
+                self.datasets.append(ImageFolder(os.path.join(folder, env),
+                                                 transform=augment if train else plain))
+            except FileNotFoundError as exc:  # a class folder without images
+                raise ValueError(f"PACS domain folder {os.path.join(folder, env)}: {exc}") from exc
         self.input_shape = (3, self.SIDE, self.SIDE)
-        self.num_classes = len(self.datasets[-1].classes)
+        self.num_classes = len(self.CLASSES)
+
+
+def _subfolders(path: str) -> set[str]:
+    """Names of the folders in ``path`` (as ``ImageFolder`` sees them: hidden ones included)."""
+    return {entry.name for entry in os.scandir(path) if entry.is_dir()}
+
+
+def _difference(where: str, found: set, expected, kind: str) -> list[str]:
+    """Problems of ``found`` against ``expected`` folder names, as sentences."""
+    problems = []
+    missing, extra = sorted(set(expected) - found), sorted(found - set(expected))
+    if missing:
+        problems.append(f"{where}: missing {kind} folder(s): {', '.join(missing)}")
+    if extra:
+        problems.append(f"{where}: unexpected folder(s): {', '.join(extra)}")
+    return problems
+
+
+def check_pacs_layout(folder: str, domains, classes) -> None:
+    """Raise ``ValueError`` unless ``folder`` holds exactly ``domains``, each with exactly ``classes``.
+
+    ``ImageFolder`` numbers classes by the sorted folders it finds, and a domain list
+    read from disk would shift environments: a missing, extra or misspelled folder
+    silently trains on wrong labels or domains under unchanged names.
+    """
+    found = _subfolders(folder)
+    layout = (f"expected DomainBed's layout {folder}/<domain>/<class>/<image>, with domains "
+              f"{', '.join(domains)} and in each the classes {', '.join(classes)}")
+    if not found:
+        raise ValueError(f"PACS folder {folder} has no domain folders; {layout}.")
+    problems = _difference(folder, found, domains, "domain")
+    for domain in sorted(found & set(domains)):
+        path = os.path.join(folder, domain)
+        problems += _difference(path, _subfolders(path), classes, "class")
+    if problems:
+        raise ValueError("PACS64 cannot use this PACS folder (a wrong folder would shift domains "
+                         "or class labels):\n  " + "\n  ".join(problems) + f"\n{layout}; "
+                         "move other folders out of it.")
 
 
 #: Dataset classes we add to ``domainbed.datasets`` (and its ``DATASETS`` list).

@@ -24,8 +24,23 @@ class HParam(NamedTuple):
 #: Our datasets take DomainBed's dataset-dependent hparams (lr, batch size...) of these.
 DATASET_HPARAMS_AS = {"RotatedDigits": "RotatedMNIST", "PACS64": "PACS"}
 
-#: Default ``backbone`` per dataset; elsewhere None keeps DomainBed's own featurizer choice.
-DATASET_BACKBONES = {"RotatedDigits": "mnist_cnn"}
+#: Default ``backbone`` per dataset; elsewhere None keeps DomainBed's own featurizer choice
+#: (which has nothing for PACS64's 64 px images).
+DATASET_BACKBONES = {"RotatedDigits": "mnist_cnn", "PACS64": "resnet18"}
+
+#: Default ``pretrained`` per dataset (elsewhere true): PACS64's ResNet-18 trains from
+#: scratch by default, so that it runs without downloading ImageNet weights.
+DATASET_PRETRAINED = {"PACS64": False}
+
+#: Where DomainBed's ranges (those of ``DATASET_HPARAMS_AS``) do not fit our data, ours
+#: replace them; same default, same per-name seeding. RotatedDigits: a domain's training
+#: split holds ~360 images, while RotatedMNIST's search draws ``batch_size`` up to 2^9 and
+#: a batch larger than the split is never formed; 2^U(3, 8) stays below 256 (room for
+#: ``--holdout_fraction`` up to ~0.28). PACS64 keeps PACS's ranges (at most 45 < 1,336,
+#: the smallest training split, photo's).
+DATASET_RANGES = {
+    "RotatedDigits": (HParam("batch_size", 64, lambda r: int(2 ** r.uniform(3, 8))),),
+}
 
 #: ``surgery_batches``: "multi", one gradient per source domain (the method); "single",
 #: N gradients from N batches of one source domain drawn at random each step (the
@@ -48,8 +63,9 @@ def surgery_rules() -> dict:
 def common_hparams(dataset: str) -> tuple[HParam, ...]:
     """For every algorithm, ours and DomainBed's (see domainbed_surgery.backbones)."""
     backbone = DATASET_BACKBONES.get(dataset)
+    pretrained = DATASET_PRETRAINED.get(dataset, True)
     return (HParam("backbone", backbone, lambda r: backbone),
-            HParam("pretrained", True, lambda r: True))
+            HParam("pretrained", pretrained, lambda r: pretrained))
 
 
 def surgery_hparams(rule_class) -> tuple[HParam, ...]:
@@ -73,6 +89,16 @@ def base_names(algorithm: str, dataset: str) -> tuple[str, str]:
             DATASET_HPARAMS_AS.get(dataset, dataset))
 
 
+def _fit_ranges(hparams: dict, dataset: str, random_seed, seed_hash: Callable) -> None:
+    """Replace, in place, the DomainBed hparams that :data:`DATASET_RANGES` redefines for ``dataset``."""
+    import numpy as np  # noqa: PLC0415
+
+    for hp in DATASET_RANGES.get(dataset, ()):
+        if hp.name in hparams:  # only what DomainBed defines for this algorithm
+            state = np.random.RandomState(seed_hash(random_seed, hp.name))
+            hparams[hp.name] = (hp.default, hp.random(state))
+
+
 def with_extras(dbhparams: Callable, seed_hash: Callable) -> Callable:
     """Wrap DomainBed's ``hparams_registry._hparams`` to add :func:`extra_hparams`.
 
@@ -83,6 +109,7 @@ def with_extras(dbhparams: Callable, seed_hash: Callable) -> Callable:
 
     def _hparams(algorithm, dataset, random_seed):
         hparams = dbhparams(*base_names(algorithm, dataset), random_seed)
+        _fit_ranges(hparams, dataset, random_seed, seed_hash)
         for hp in extra_hparams(algorithm, dataset):
             if hp.name in hparams:
                 raise KeyError(

@@ -116,6 +116,20 @@ def _featurizer_with_backbones(domainbed_featurizer):
     return Featurizer
 
 
+def patch_data_loaders(module: ModuleType, strict: bool = True) -> None:
+    """Make DomainBed's infinite loaders raise instead of hanging when no batch can be formed.
+
+    Like Fishr, a deliberate change at DomainBed's names: a subclass that adds one check
+    (see :mod:`.loaders`) and inherits everything else.
+    """
+    from .loaders import CHECKED, with_batch_check  # noqa: PLC0415 - no torch import
+
+    for name in CHECKED:
+        current = getattr(module, name, None)
+        if current is not None and not _ours(current):
+            setattr(module, name, with_batch_check(current))
+
+
 def register_launchers(module: ModuleType, strict: bool = True) -> None:
     """Add ``parallel`` and ``slurm`` to ``domainbed.command_launchers.REGISTRY``.
 
@@ -173,6 +187,7 @@ STEPS = {
     "domainbed.hparams_registry": patch_hparams_registry,
     "domainbed.datasets": register_datasets,
     "domainbed.command_launchers": register_launchers,
+    "domainbed.lib.fast_data_loader": patch_data_loaders,
 }
 
 
@@ -210,7 +225,15 @@ def registered() -> dict[str, list[str]]:
         "hparams": [hp.name for hp in common_hparams("")] if registry and _ours(registry._hparams) else [],
         "backbones": backbones,
         "launchers": _our_launchers(modules["domainbed.command_launchers"]),
+        "data_loaders": _our_loaders(modules["domainbed.lib.fast_data_loader"]),
     }
+
+
+def _our_loaders(module) -> list[str]:
+    """DomainBed's loader names that hold our checked subclass (see :mod:`.loaders`)."""
+    from .loaders import CHECKED  # noqa: PLC0415 - light
+
+    return [] if module is None else [n for n in CHECKED if _ours(getattr(module, n, None))]
 
 
 def _our_launchers(module) -> list[str]:

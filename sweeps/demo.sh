@@ -11,6 +11,9 @@ export PATH="$PWD/.venv/bin:$PATH"   # DomainBed's sweep starts each job as 'pyt
 OUT=${OUT:-outputs/demo_rotated_digits}
 mkdir -p "$(dirname "$OUT")"
 export DOMAINBED_PARALLEL_JOBS=${DOMAINBED_PARALLEL_JOBS:-2}
+# the launcher's progress bar on the terminal; the sweep's own output in the log
+export DOMAINBED_PARALLEL_PROGRESS=${DOMAINBED_PARALLEL_PROGRESS:-tty}
+echo "Sweep of 32 jobs (5-10 min on 2 cores); its output goes to $OUT.launch.log"
 python -m domainbed.scripts.sweep launch \
     --datasets RotatedDigits \
     --algorithms ERM AgrSum AgrRand PCGrad IRM MLDG Mixup GroupDRO \

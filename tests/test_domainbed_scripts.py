@@ -89,7 +89,7 @@ def test_our_sweep_adds_checkpoint_freq_to_every_job(domainbed, subprocess_env, 
                "--command_launcher", "dummy", "--skip_confirmation"], subprocess_env, tmp_path)
     commands = [line for line in out.splitlines() if line.startswith("Dummy launcher:")]
     assert len(commands) == 8
-    assert all(c.endswith("--checkpoint_freq 20") and "-m domainbed.scripts.train" in c
+    assert all(" --checkpoint_freq 20 " in c and "-m domainbed.scripts.train" in c
                for c in commands)
 
 
@@ -166,3 +166,59 @@ def test_every_rule_trains_through_domainbed_train(domainbed, tmp_path, monkeypa
             assert r["args"]["algorithm"] == name and math.isfinite(r["loss"]), name
             assert 0 <= r["agreement"] <= 1 and -1 <= r["cosine"] <= 1, name
         assert (out / "done").exists(), name
+
+
+def sweep_args(out, data_dir, *extra, datasets=("Debug28",), algorithms=("ERM",)):
+    """A 1-trial, 1-hparam, leave-one-domain-out sweep launch of our entry point."""
+    return ["domainbed_surgery.scripts.sweep", "launch", "--datasets", *datasets,
+            "--algorithms", *algorithms, "--n_hparams", "1", "--n_trials", "1",
+            "--single_test_envs", "--hparams", TINY, "--data_dir", str(data_dir),
+            "--output_dir", str(out), "--skip_confirmation", *extra]
+
+
+def test_checkpoint_freq_through_the_parallel_launcher(domainbed, subprocess_env, tmp_path):
+    """--checkpoint_freq with `parallel` and `slurm` (both raised RegistrationConflict), also
+    with DOMAINBED_SURGERY_AUTOREGISTER=0: every job checkpoints every 2 steps; another
+    frequency makes other jobs, never reuses these, and says so.
+
+    DomainBed's own Debug28 dataset (3 domains), so that the jobs need nothing of ours."""
+    env = dict(subprocess_env, DOMAINBED_SURGERY_AUTOREGISTER="0",
+               PYTHONPATH=str(domainbed_root(domainbed)), DOMAINBED_PARALLEL_JOBS="2",
+               DOMAINBED_PARALLEL_GPUS="none", DOMAINBED_SLURM_CLUSTER="local",
+               DOMAINBED_SLURM_GPUS="0", DOMAINBED_SLURM_LOG_DIR=str(tmp_path / "logs"))
+    out = tmp_path / "sweep"
+    run(sweep_args(out, tmp_path, "--steps", "5", "--checkpoint_freq", "2",
+                   "--command_launcher", "parallel"), env, tmp_path)
+    runs = sorted(out.glob("*/done"))
+    assert len(runs) == 3
+    for done in runs:
+        recs = records(done.parent)
+        assert [r["step"] for r in recs] == [0, 2, 4]
+        assert recs[0]["args"]["checkpoint_freq"] == 2
+    # the same frequency again, through `slurm`: all done, nothing to launch
+    again = run(sweep_args(out, tmp_path, "--steps", "5", "--checkpoint_freq", "2",
+                           "--command_launcher", "slurm"), env, tmp_path)
+    assert "3 jobs: 3 done, 0 incomplete, 0 not launched." in again
+    # another frequency: these runs are not reused (other folders), and it says so
+    other = subprocess.run([sys.executable, "-m", *sweep_args(
+        out, tmp_path, "--steps", "5", "--checkpoint_freq", "3", "--command_launcher", "dummy")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "3 jobs: 0 done, 0 incomplete, 3 not launched." in other.stdout
+    assert other.stdout.count("Dummy launcher:") == 3
+    assert "3 run(s) in" in other.stderr and "--checkpoint_freq 2" in other.stderr
+
+
+def test_sweep_with_failed_jobs_exits_non_zero(domainbed, subprocess_env, tmp_path):
+    """DomainBed's own sweep ignores what the launcher returns: `parallel` raises after its
+    report so that the sweep exits non-zero and scripted pipelines stop."""
+    env = dict(subprocess_env, DOMAINBED_PARALLEL_JOBS="2", DOMAINBED_PARALLEL_GPUS="none")
+    args = sweep_args(tmp_path / "sweep", tmp_path, "--steps", "1", "--command_launcher",
+                      "parallel")
+    args[0] = "domainbed.scripts.sweep"  # DomainBed's own entry point
+    args[args.index(TINY)] = json.dumps({"batch_size": 8, "backbone": "no_such_backbone"})
+    proc = subprocess.run([sys.executable, "-m", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "0 succeeded, 3 failed" in proc.stderr and "3 of 3 job(s) failed" in proc.stderr
+    assert proc.stderr.count("FAILED (exit code 1)") == 3

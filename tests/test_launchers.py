@@ -4,6 +4,7 @@ import _thread
 import json
 import os
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -93,7 +94,11 @@ def test_parallel_failure_does_not_stop_others(tmp_path, cpu_env, capsys):
             f"exit 3 # --output_dir {out}",
             record(tmp_path / "b.json", code=0),
             record(tmp_path / "c.json", code=5)]
-    results = launchers.parallel_launcher(cmds, progress=False)
+    with pytest.raises(SystemExit) as exc:
+        launchers.parallel_launcher(cmds, progress=False)
+    assert exc.value.code not in (0, None)  # the sweep exits non-zero
+    assert "2 of 4 job(s) failed" in str(exc.value.code)
+    results = exc.value.results
     assert [r.returncode for r in results] == [0, 3, 0, 5]
     assert (tmp_path / "a.json").exists() and (tmp_path / "b.json").exists()
     err = capsys.readouterr().err
@@ -212,7 +217,10 @@ def test_slurm_local_executor_runs_jobs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DOMAINBED_SLURM_TIME", "2")
     cmds = [f"echo {i} > {tmp_path / f'marker{i}'}" for i in range(3)]
     cmds.append(f"exit 3 # --output_dir {tmp_path / 'bad'}")
-    jobs = launchers.slurm_launcher(cmds)
+    with pytest.raises(SystemExit) as exc:
+        launchers.slurm_launcher(cmds)
+    assert exc.value.code not in (0, None) and "1 of 4 job(s) failed" in str(exc.value.code)
+    jobs = exc.value.results
     assert len(jobs) == 4
     for i in range(3):
         assert (tmp_path / f"marker{i}").read_text().strip() == str(i)
@@ -221,3 +229,161 @@ def test_slurm_local_executor_runs_jobs(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "3 succeeded, 1 failed" in err and f"{tmp_path / 'bad'}/err.txt" in err
     assert "returned non-zero exit status 3" in err
+
+
+# -- the sweep killed: SIGTERM like Ctrl-C; after SIGKILL the jobs die with it ----------------
+LAUNCH = {
+    "parallel": "import sys; from domainbed_surgery import launchers; "
+                "launchers.parallel_launcher(sys.argv[1:], progress=False)",
+    "slurm": "import sys; from domainbed_surgery import launchers; "
+             "launchers.slurm_launcher(sys.argv[1:])",
+}
+
+
+def job_writing_pids(out: Path) -> str:
+    """A job that records its guard's pid, its python pid and a background grandchild's pid,
+    then runs 60 s."""
+    script = (f"import os, time; open({str(out / 'pid')!r}, 'w').write(str(os.getpid())); "
+              f"time.sleep(60); open({str(out / 'done')!r}, 'w').write('done')")
+    return (f"echo $PPID > {shlex.quote(str(out / 'guard'))}; "
+            f"sleep 60 & echo $! > {shlex.quote(str(out / 'bg'))}; "
+            f"{PY} -c {shlex.quote(script)}; wait # --output_dir {out}")
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.parametrize("launcher_name,sig", [("parallel", "SIGTERM"), ("parallel", "SIGKILL"),
+                                                ("slurm", "SIGTERM")])
+def test_killed_launcher_leaves_no_job_behind(tmp_path, launcher_name, sig):
+    """The sweep's process killed (slurm: DOMAINBED_SLURM_CLUSTER=local) mid-way: no job
+    process survives it, none writes ``done``, the queued one never starts. Jobs that end
+    on SIGTERM go at once, their guards too: the grace period is only for stubborn ones."""
+    import signal
+
+    if launcher_name == "slurm":
+        pytest.importorskip("submitit")
+    outs = [tmp_path / f"job{i}" for i in range(3)]  # 2 run, 1 waits
+    for out in outs:
+        out.mkdir()
+    env = dict(os.environ, DOMAINBED_PARALLEL_GPUS="none", DOMAINBED_PARALLEL_JOBS="2",
+               DOMAINBED_PARALLEL_KILL_GRACE="30", DOMAINBED_SLURM_CLUSTER="local",
+               DOMAINBED_SLURM_ARRAY_PARALLELISM="2", DOMAINBED_SLURM_GPUS="0",
+               DOMAINBED_SLURM_LOG_DIR=str(tmp_path / "logs"))
+    log = open(tmp_path / "launcher.log", "w")
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCH[launcher_name],
+                                 *map(job_writing_pids, outs)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    pid_files = [out / name for out in outs[:2] for name in ("guard", "pid", "bg")]
+    pids = []
+    try:
+        assert wait_for(lambda: all(p.exists() and p.read_text().strip() for p in pid_files), 30)
+        pids = [int(p.read_text()) for p in pid_files]
+        assert all(_alive(p) for p in pids)
+        launcher.send_signal(getattr(signal, sig))
+        launcher.wait(timeout=20)
+        assert wait_for(lambda: not any(_alive(p) for p in pids), 8), \
+            f"job processes outlived the launcher's {sig}: {[p for p in pids if _alive(p)]}"
+        if sig == "SIGTERM":  # handled like Ctrl-C: says so, exits non-zero
+            assert launcher.returncode not in (0, None)
+            assert "2 running" in (tmp_path / "launcher.log").read_text()
+        assert not any((out / "done").exists() for out in outs)
+        assert not (outs[2] / "pid").exists()  # the queued job never started
+    finally:
+        log.close()
+        for pid in pids + [launcher.pid]:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        launcher.wait()
+
+
+# -- slurm without Slurm ------------------------------------------------------------------------
+def test_slurm_without_slurm_is_an_error_not_a_local_run(tmp_path, monkeypatch):
+    """No sbatch and DOMAINBED_SLURM_CLUSTER unset: submitit would quietly run every job here
+    at once; the launcher must refuse before starting anything."""
+    pytest.importorskip("submitit")
+    monkeypatch.delenv("DOMAINBED_SLURM_CLUSTER", raising=False)
+    monkeypatch.setenv("DOMAINBED_SLURM_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))  # no sbatch, no srun
+    cmds = [f"echo {i} > {tmp_path / f'marker{i}'}" for i in range(4)]
+    with pytest.raises(SystemExit) as exc:
+        launchers.slurm_launcher(cmds)
+    message = str(exc.value.code)
+    assert "sbatch" in message and "DOMAINBED_SLURM_CLUSTER=local" in message
+    assert "parallel" in message
+    time.sleep(1.0)
+    assert not list(tmp_path.glob("marker*"))  # nothing ran, nothing was submitted
+
+
+def test_slurm_cluster_is_slurm_when_sbatch_is_there(tmp_path, monkeypatch):
+    """With sbatch on PATH, submitit is asked for Slurm explicitly (never its local fallback)."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake_bin))
+    monkeypatch.delenv("DOMAINBED_SLURM_CLUSTER", raising=False)
+    assert launchers.slurm_cluster() == "slurm"
+    monkeypatch.setenv("DOMAINBED_SLURM_CLUSTER", "local")
+    assert launchers.slurm_cluster() == "local"
+
+
+def test_slurm_local_honours_array_parallelism(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("DOMAINBED_SLURM_CLUSTER", "local")
+    monkeypatch.setenv("DOMAINBED_SLURM_ARRAY_PARALLELISM", "2")
+    monkeypatch.setenv("DOMAINBED_SLURM_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("DOMAINBED_SLURM_GPUS", "0")
+    files = [tmp_path / f"r{i}.json" for i in range(4)]
+    jobs = launchers.slurm_launcher([record(f, sleep=1.5) for f in files])
+    assert [j.result() for j in jobs] == [0, 0, 0, 0]
+    runs = [json.loads(f.read_text()) for f in files]
+    events = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs])
+    level = peak = 0
+    for _, delta in events:
+        level += delta
+        peak = max(peak, level)
+    assert peak == 2
+
+
+# -- progress on the terminal while the output goes to a log (sweeps/demo.sh) -------------------
+def test_progress_reaches_the_terminal_when_output_is_logged(tmp_path):
+    """DOMAINBED_PARALLEL_PROGRESS=tty: the bar goes to the controlling terminal, the rest
+    (summary, failures) to stderr, here a log file, as in sweeps/demo.sh."""
+    import pty
+
+    log_path = tmp_path / "launch.log"
+    code = ("import sys; from domainbed_surgery import launchers; "
+            "launchers.parallel_launcher(['true', 'true', 'true'])")
+    env = dict(os.environ, DOMAINBED_PARALLEL_PROGRESS="tty", DOMAINBED_PARALLEL_GPUS="none",
+               DOMAINBED_PARALLEL_JOBS="2")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of its own, its stdout and stderr into the log
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.execve(sys.executable, [sys.executable, "-c", code], env)
+    terminal = b""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    logged = log_path.read_text()
+    assert b"parallel (CPU, 2 at once" in terminal and b"3/3" in terminal
+    assert "3 succeeded, 0 failed" in logged and "parallel (CPU" not in logged

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import runpy
 import sys
-from typing import Optional, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Optional, Sequence
 
 from ..registration import register
 
@@ -14,3 +18,30 @@ def forward(module: str, argv: Optional[Sequence[str]] = None) -> None:
     register()
     sys.argv = [module, *(sys.argv[1:] if argv is None else argv)]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def forward_prepared(module: str, argv: Sequence[str],
+                     prepare: Callable[[ModuleType], None]) -> None:
+    """Like :func:`forward`, but ``prepare(script_module)`` may replace the script's own functions.
+
+    ``runpy`` would define the script's functions afresh right before its main block
+    runs, so here the script is imported as a module (its definitions only), prepared,
+    and then its ``if __name__ == "__main__":`` block -- DomainBed's own code, unchanged --
+    runs in that module's namespace.
+    """
+    register()
+    sys.argv = [module, *argv]
+    script = importlib.import_module(module)
+    prepare(script)
+    exec(_main_block(Path(script.__file__)), vars(script))  # noqa: S102 - DomainBed's own code
+
+
+def _main_block(path: Path):
+    """The compiled body of the one ``if __name__ == "__main__":`` block of the script at ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    blocks = [node for node in tree.body if isinstance(node, ast.If)
+              and ast.unparse(node.test) == "__name__ == '__main__'"]
+    if len(blocks) != 1:
+        raise RuntimeError(f"{path}: expected one `if __name__ == '__main__':` block, "
+                           f"found {len(blocks)}; is this DomainBed newer than the pinned commit?")
+    return compile(ast.Module(body=blocks[0].body, type_ignores=[]), str(path), "exec")

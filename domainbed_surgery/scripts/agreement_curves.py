@@ -5,8 +5,9 @@
     python -m domainbed_surgery.scripts.agreement_curves --input_dir SWEEP [--output_dir DIR]
         [--per_layer [--layer_regex REGEX]]
 
-Reads every ``SWEEP/*/results.jsonl`` with DomainBed's ``reporting.load_records`` and
-writes to ``--output_dir`` (default: ``SWEEP``):
+Reads every ``SWEEP/*/results.jsonl`` as DomainBed's ``reporting.load_records`` does (a
+broken line is skipped with a warning naming file and line) and writes to
+``--output_dir`` (default: ``SWEEP``):
 
 * ``agreement_curves.csv``: dataset, test_env, algorithm, trial_seed, hparams_seed, step,
   agreement, cosine (one row per checkpoint record that has the diagnostics);
@@ -50,13 +51,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def load(input_dir: str) -> list:
-    """All records under ``input_dir`` (DomainBed's loader; registers our names first)."""
+    """All records under ``input_dir`` (registers our names first; a broken line is skipped
+    with a warning naming file and line, see :mod:`domainbed_surgery.records`)."""
     import domainbed_surgery  # noqa: PLC0415
+    from domainbed_surgery import records  # noqa: PLC0415
 
     domainbed_surgery.register()
-    from domainbed.lib import reporting  # noqa: PLC0415
-
-    return list(reporting.load_records(input_dir))
+    return list(records.load_records(input_dir))
 
 
 def env_names(datasets_seen) -> dict:

@@ -1,9 +1,18 @@
-"""``python -m domainbed_surgery.scripts.collect_results``: DomainBed's ``collect_results`` script (same arguments), with our algorithms registered."""
+"""``python -m domainbed_surgery.scripts.collect_results``: DomainBed's ``collect_results`` script (same arguments), with our algorithms registered.
 
+One difference: a ``results.jsonl`` line that is not valid JSON (a job killed while
+writing) is skipped with a warning naming the file and line, where DomainBed's loader
+stops with a bare ``JSONDecodeError`` (see :mod:`domainbed_surgery.records`).
+"""
+
+from .. import records
+from ..registration import register
 from ._forward import forward
 
 
 def main(argv=None):
+    register()
+    records.install()
     forward("domainbed.scripts.collect_results", argv)
 
 

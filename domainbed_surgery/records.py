@@ -1,0 +1,61 @@
+"""Read a sweep's ``results.jsonl`` records as DomainBed does, skipping a broken line loudly.
+
+DomainBed's ``reporting.load_records`` stops with a bare ``JSONDecodeError`` (naming no
+file) at the first line it cannot parse, typically the last line of a job killed while
+writing. :func:`load_records` reads the same files into the same ``Q`` of records, but
+skips such a line with a warning on stderr that names the file and the line number.
+Our ``report``, ``agreement_curves`` and ``collect_results`` entry points use it
+(the last via :func:`install`); DomainBed's own scripts are left as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Iterator, Optional, TextIO, Union
+
+from . import locate
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def read_results_file(path: PathLike, warn: Optional[TextIO] = None) -> Iterator[dict]:
+    """The records of one ``results.jsonl``; a line that is not a JSON object is skipped with a warning."""
+    warn = sys.stderr if warn is None else warn
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value: Any = json.loads(line)
+            except json.JSONDecodeError as exc:
+                print(f"warning: {path}, line {number}: not valid JSON ({exc.msg} at column "
+                      f"{exc.colno}); skipped. A job killed while writing leaves such a line; "
+                      "its other records are used.", file=warn)
+                continue
+            if not isinstance(value, dict):
+                print(f"warning: {path}, line {number}: not a JSON object; skipped.", file=warn)
+                continue
+            yield value
+
+
+def load_records(path: PathLike):
+    """All records under the sweep folder ``path`` (each ``*/results.jsonl``) as DomainBed's ``Q``."""
+    locate.ensure_importable()
+    from domainbed.lib.query import Q  # noqa: PLC0415 - DomainBed is optional at import
+
+    records = []
+    for name in sorted(os.listdir(path)):
+        results = os.path.join(path, name, "results.jsonl")
+        if os.path.isfile(results):
+            records.extend(read_results_file(results))
+    return Q(records)
+
+
+def install() -> None:
+    """Make ``domainbed.lib.reporting.load_records`` this tolerant loader (in this process only)."""
+    locate.ensure_importable()
+    from domainbed.lib import reporting  # noqa: PLC0415
+
+    reporting.load_records = load_records
