@@ -22,15 +22,15 @@ class HParam(NamedTuple):
 
 
 #: Our datasets take DomainBed's dataset-dependent hparams (lr, batch size...) of these.
-DATASET_HPARAMS_AS = {"RotatedDigits": "RotatedMNIST", "PACS64": "PACS"}
+DATASET_HPARAMS_AS = {"RotatedDigits": "RotatedMNIST", "PACS64": "PACS", "PACS32": "PACS"}
 
 #: Default ``backbone`` per dataset; elsewhere None keeps DomainBed's own featurizer choice
 #: (which has nothing for PACS64's 64 px images).
-DATASET_BACKBONES = {"RotatedDigits": "mnist_cnn", "PACS64": "resnet18"}
+DATASET_BACKBONES = {"RotatedDigits": "mnist_cnn", "PACS64": "resnet18", "PACS32": "resnet18"}
 
 #: Default ``pretrained`` per dataset (elsewhere true): PACS64's ResNet-18 trains from
 #: scratch by default, so that it runs without downloading ImageNet weights.
-DATASET_PRETRAINED = {"PACS64": False}
+DATASET_PRETRAINED = {"PACS64": False, "PACS32": False}
 
 #: Where DomainBed's ranges (those of ``DATASET_HPARAMS_AS``) do not fit our data, ours
 #: replace them; same default, same per-name seeding. RotatedDigits: a domain's training

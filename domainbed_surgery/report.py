@@ -489,6 +489,8 @@ class Table:
     cells: pd.DataFrame
     per_trial: pd.DataFrame = field(repr=False, default=None)
     protocol: Optional[Protocol] = field(repr=False, default=None)
+    #: The dataset's target domains that no run of the sweep held out (not shown as rows).
+    omitted_targets: list[str] = field(default_factory=list)
 
     def cell(self, target: str, algorithm: str) -> pd.Series:
         """The summary row of one cell."""
@@ -543,7 +545,14 @@ def summarize(per_trial: pd.DataFrame, dataset: str, selection: str = "",
     protocols: their mean pools runs that were not run alike.
     """
     pt = per_trial[per_trial["dataset"] == dataset]
-    targets = list(targets) if targets is not None else environments(dataset)
+    omitted: list[str] = []
+    if targets is None:
+        targets = environments(dataset)
+        swept = [t for t in targets if t in set(pt["target"])]
+        if swept and len(swept) < len(targets):  # a sweep of some targets only
+            omitted = [t for t in targets if t not in swept]
+            targets = swept
+    targets = list(targets)
     if not targets:
         targets = [str(e) for e in sorted(pt["test_env"].unique())]
     algorithms = list(algorithms) if algorithms is not None else algorithm_order(
@@ -597,12 +606,23 @@ def summarize(per_trial: pd.DataFrame, dataset: str, selection: str = "",
     cells["best"] = rounded.notna() & (rounded == best) & (contenders >= 2)
     return Table(dataset=dataset, selection=selection, targets=targets,
                  algorithms=algorithms, baseline=baseline if have_baseline else None,
-                 alpha=alpha, cells=cells, per_trial=pt, protocol=proto)
+                 alpha=alpha, cells=cells, per_trial=pt, protocol=proto,
+                 omitted_targets=omitted)
 
 
 def tables(per_trial: pd.DataFrame, selection: str = "", baseline: Optional[str] = DEFAULT_BASELINE,
-           alpha: float = DEFAULT_ALPHA, records=None) -> list[Table]:
+           alpha: float = DEFAULT_ALPHA, records=None,
+           algorithms: Optional[Sequence[str]] = None) -> list[Table]:
     """One :class:`Table` per dataset in ``per_trial``, datasets in sorted order (with
-    their protocol when the sweep's ``records`` are given)."""
-    return [summarize(per_trial, ds, selection, baseline, alpha, records=records)
-            for ds in sorted(per_trial["dataset"].unique())]
+    their protocol when the sweep's ``records`` are given); ``algorithms``: these columns
+    only, in this order (default: every algorithm of the sweep, baseline first)."""
+    out = []
+    for ds in sorted(per_trial["dataset"].unique()):
+        pt = per_trial[per_trial["dataset"] == ds]
+        cols = None if algorithms is None else [a for a in algorithms
+                                                 if a in set(pt["algorithm"])]
+        if cols == []:
+            continue
+        out.append(summarize(per_trial, ds, selection, baseline, alpha, algorithms=cols,
+                             records=records))
+    return out

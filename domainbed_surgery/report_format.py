@@ -125,6 +125,9 @@ def footnote(table: Table) -> list[str]:
     ]
     if len(present):
         lines.append(f"n = {_range(present['n'])} trial(s) per cell.")
+    if table.omitted_targets:
+        lines.append(f"Rows: the {k} target domain(s) this sweep held out "
+                     f"({', '.join(table.targets)}); not run: {', '.join(table.omitted_targets)}.")
     lines.append(f"{AVG}: for each trial seed the mean over the {k} target domains, then "
                  "mean (std) over the trial seeds that have all of them.")
     lines.append("*best*: highest mean of the row (to the shown precision; ties all marked; "

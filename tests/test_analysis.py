@@ -362,3 +362,49 @@ def test_agreement_curves_without_diagnostics_says_so(domainbed, tmp_path, capsy
     empty.mkdir()
     assert cli.main(["--input_dir", str(empty)]) == 1
     assert "No results.jsonl records" in capsys.readouterr().out
+
+
+def test_runs_side_by_side_by_hparam(tmp_path):
+    """Two batch sizes x (ERM, AgrSum) x 2 trials on target 3: per value, selected accuracy,
+    the paired gap to ERM and the mean diagnostics, never pooled across values."""
+    import json
+
+    pytest.importorskip("domainbed_surgery.report")
+    from domainbed_surgery import locate
+
+    try:
+        locate.ensure_importable()
+    except ImportError as exc:
+        pytest.skip(f"DomainBed not importable: {exc}")
+    from domainbed_surgery.analysis.by_hparam import summarize_by_hparam
+    from domainbed_surgery import report as rep
+
+    accs = {(16, "ERM"): [0.30, 0.40], (16, "AgrSum"): [0.35, 0.41],
+            (64, "ERM"): [0.50, 0.60], (64, "AgrSum"): [0.40, 0.50]}
+    for (batch, alg), values in accs.items():
+        for trial, acc in enumerate(values):
+            run = tmp_path / f"{alg}_{batch}_{trial}"
+            run.mkdir()
+            lines = []
+            for step, test, val, agree in [(0, 0.0, 0.1, 0.2), (100, acc, 0.9, 0.4)]:
+                r = {"args": {"dataset": "PACS32", "algorithm": alg, "test_envs": [3],
+                              "trial_seed": trial, "hparams_seed": 0},
+                     "hparams": {"batch_size": batch}, "step": step}
+                for e in range(4):
+                    r[f"env{e}_in_acc"] = test if e == 3 else 0.5
+                    r[f"env{e}_out_acc"] = 0.0 if e == 3 else val
+                if alg == "AgrSum":
+                    r.update(agreement=agree, cosine=agree / 2)
+                lines.append(json.dumps(r))
+            (run / "results.jsonl").write_text("\n".join(lines) + "\n")
+    frame = summarize_by_hparam(rep.load_records(tmp_path), "batch_size")
+    got = {(r.value, r.algorithm): r for r in frame.itertuples()}
+    assert list(frame["value"]) == ["16", "16", "64", "64"]
+    assert got[("16", "ERM")].acc_mean == pytest.approx(35.0)
+    assert got[("64", "AgrSum")].acc_mean == pytest.approx(45.0)
+    assert got[("16", "AgrSum")].gap_mean == pytest.approx(3.0)  # (+5, +1) / 2
+    assert got[("64", "AgrSum")].gap_mean == pytest.approx(-10.0)
+    assert got[("64", "AgrSum")].n_pairs == 2 and math.isnan(got[("64", "ERM")].gap_mean)
+    assert got[("16", "AgrSum")].agreement == pytest.approx(0.3)  # mean over checkpoints
+    assert got[("16", "AgrSum")].cosine == pytest.approx(0.15)
+    assert math.isnan(got[("16", "ERM")].agreement)

@@ -98,7 +98,8 @@ def test_presets_launch(domainbed, subprocess_env, tmp_path):
     from conftest import REPO
 
     # paper_table1.sh (1920 jobs) is launched by test_paper_preset_is_the_authors_protocol
-    expected = {"pacs64_cpu.sh": 16, "control_single_vs_multi.sh": 72}
+    expected = {"control_single_vs_multi.sh": 72, "pacs_table1.sh": 48,
+                "pacs_control.sh": 72, "pacs_batch_size.sh": 12}
     for preset, n_jobs in expected.items():
         env = dict(subprocess_env, LAUNCHER="dummy", DATA_DIR=str(tmp_path),
                    OUT=str(tmp_path / preset))
@@ -222,3 +223,21 @@ def test_sweep_with_failed_jobs_exits_non_zero(domainbed, subprocess_env, tmp_pa
     assert proc.returncode != 0
     assert "0 succeeded, 3 failed" in proc.stderr and "3 of 3 job(s) failed" in proc.stderr
     assert proc.stderr.count("FAILED (exit code 1)") == 3
+
+
+def test_sweep_on_chosen_targets(domainbed, subprocess_env, tmp_path):
+    """--test_envs: leave-one-domain-out on the chosen targets only; unknown ones refused."""
+    args = ["domainbed_surgery.scripts.sweep", "launch", "--datasets", "RotatedDigits",
+            "--algorithms", "ERM", "AgrSum", "--n_hparams", "1", "--n_trials", "2",
+            "--single_test_envs", "--test_envs", "1", "3", "--steps", "5",
+            "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "s"),
+            "--command_launcher", "dummy", "--skip_confirmation"]
+    out = run(args, subprocess_env, tmp_path)
+    jobs = [line for line in out.splitlines() if line.startswith("Dummy launcher:")]
+    assert len(jobs) == 2 * 2 * 2  # algorithms x targets x trials
+    assert {j.split("--test_envs ")[1].split()[0] for j in jobs} == {"1", "3"}
+    i = args.index("--test_envs")
+    bad = subprocess.run([sys.executable, "-m", *args[:i + 1], "4", *args[i + 3:]],
+                         env=subprocess_env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert bad.returncode != 0 and "RotatedDigits has environments 0..3" in bad.stderr

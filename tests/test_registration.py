@@ -21,7 +21,7 @@ def test_registered_names_and_classes(domainbed):
     assert datasets.num_environments("RotatedDigits") == 4
     assert "RotatedDigits" in datasets.DATASETS
     reg = registration.registered()
-    assert reg["algorithms"] == ["Fishr", *rules.names()] and reg["datasets"] == ["RotatedDigits", "PACS64"]
+    assert reg["algorithms"] == ["Fishr", *rules.names()] and reg["datasets"] == ["RotatedDigits", "PACS64", "PACS32"]
     assert rules.names()[:3] == list(OURS)  # the paper's first
     assert reg["backbones"] == ["alexnet", "mnist_cnn", "resnet18", "resnet50"]
 

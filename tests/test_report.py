@@ -511,3 +511,24 @@ def test_run_protocol_names_backbone_and_weights(domainbed, dataset, hparams, ex
     assert "surgery_reduction" not in got
     record["args"]["algorithm"] = "PCGrad"
     assert rep.run_protocol(record)["surgery_reduction"] == "not recorded"
+
+
+def test_a_sweep_of_some_targets_shows_those_rows_and_chosen_columns(domainbed, tmp_path):
+    """Targets 1 and 3 only (e.g. ``sweep --test_envs 1 3``): rows L and V, Avg over those
+    two, a footnote line naming the targets not run; ``algorithms=`` picks the columns."""
+    for env in (1, 3):
+        for trial in range(3):
+            _run(tmp_path, "ERM", env, trial, 0.5 + 0.1 * trial)
+            _run(tmp_path, "AgrSum", env, trial, 0.6 + 0.1 * trial)
+            _run(tmp_path, "PCGrad", env, trial, 0.4)
+    records = rep.load_records(tmp_path)
+    pt = rep.per_trial_accuracies(records, "iid")
+    (table,) = rep.tables(pt, "iid", records=records, algorithms=["AgrSum", "ERM"])
+    assert table.targets == ["L", "V"] and table.omitted_targets == ["C", "S"]
+    assert table.algorithms == ["AgrSum", "ERM"]
+    avg = table.cell("Avg", "AgrSum")
+    assert avg["n"] == 3 and avg["mean"] == pytest.approx(70.0)
+    assert "Rows: the 2 target domain(s) this sweep held out (L, V); not run: C, S." in \
+        fmt.footnote(table)
+    (full,) = rep.tables(pt, "iid", records=records)
+    assert full.algorithms == ["ERM", "AgrSum", "PCGrad"]

@@ -32,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "loo = leave-one-domain-out, oracle = test-domain validation")
     p.add_argument("--baseline", default=rep.DEFAULT_BASELINE,
                    help="algorithm the Wilcoxon tests compare against (default ERM)")
+    p.add_argument("--algorithms", nargs="+", default=None,
+                   help="these columns only, in this order (default: every algorithm of the "
+                        "sweep; a control arm is named <algorithm>-single)")
     p.add_argument("--alpha", type=float, default=rep.DEFAULT_ALPHA)
     p.add_argument("--no_figures", action="store_true", help="skip the box plots")
     return p.parse_args(argv)
@@ -66,7 +69,8 @@ def main(argv=None) -> list[Path]:
                   "No cell: no (dataset, algorithm, test env, trial) group has a selectable "
                   "single-test-env run.")
             continue
-        for table in rep.tables(per_trial, method.name, args.baseline, args.alpha, records=records):
+        for table in rep.tables(per_trial, method.name, args.baseline, args.alpha,
+                                records=records, algorithms=args.algorithms):
             print()
             print(fmt.to_text(table), end="")
             stem = out_dir / f"{table.dataset}_{key}"

@@ -9,6 +9,10 @@ frequency for its own (without the option, jobs and folders are exactly DomainBe
 Runs of another frequency in the same ``--output_dir`` are reported loudly, since
 DomainBed's ``collect_results`` and our report would pool them with the new ones.
 
+Adds ``--test_envs E [E ...]``: only the jobs whose held-out environments are all among
+``E`` (with ``--single_test_envs``: leave-one-domain-out on those targets only), for
+sweeps sized to a machine.
+
 It also stops on ``--hparams`` that is not a JSON object and warns about keys that no
 swept algorithm defines on the swept datasets (see :mod:`._checks`).
 """
@@ -28,13 +32,21 @@ from . import _checks
 from ._forward import forward, forward_prepared
 
 
-def with_checkpoint_freq(make_args_list: Callable, checkpoint_freq: int) -> Callable:
-    """DomainBed's ``make_args_list`` with ``checkpoint_freq`` added to every job's train args."""
-    def make_args_list_with_checkpoint_freq(*args, **kwargs):
-        return [dict(train_args, checkpoint_freq=checkpoint_freq)
-                for train_args in make_args_list(*args, **kwargs)]
+def with_train_args(make_args_list: Callable, checkpoint_freq: Optional[int] = None,
+                    test_envs: Optional[frozenset] = None) -> Callable:
+    """DomainBed's ``make_args_list`` with ``checkpoint_freq`` added to every job's train
+    args and, with ``test_envs``, only the jobs whose held-out environments are among them."""
+    def make_args_list_of_ours(*args, **kwargs):
+        jobs = []
+        for train_args in make_args_list(*args, **kwargs):
+            if test_envs is not None and not set(train_args["test_envs"]) <= test_envs:
+                continue
+            if checkpoint_freq is not None:
+                train_args = dict(train_args, checkpoint_freq=checkpoint_freq)
+            jobs.append(train_args)
+        return jobs
 
-    return make_args_list_with_checkpoint_freq
+    return make_args_list_of_ours
 
 
 _UNKNOWN = object()
@@ -105,9 +117,24 @@ def check_hparams(argv) -> None:
                                            for d in names])
 
 
+def check_test_envs(test_envs, argv) -> None:
+    """Stop on ``--test_envs`` that no swept dataset has."""
+    if any(e < 0 for e in test_envs):
+        raise SystemExit(f"--test_envs {sorted(test_envs)}: environments are numbered from 0")
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--datasets", nargs="+", default=None)
+    args, _ = parser.parse_known_args(argv)
+    for name in args.datasets or []:
+        n_envs = len(_checks.dataset_class(name).ENVIRONMENTS)
+        if max(test_envs) >= n_envs:
+            raise SystemExit(f"--test_envs {sorted(test_envs)}: {name} has environments "
+                             f"0..{n_envs - 1}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--checkpoint_freq", type=int, default=None)
+    parser.add_argument("--test_envs", type=int, nargs="+", default=None)
     parser.add_argument("--output_dir", type=str, default=None)
     ours, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if ours.output_dir is not None:
@@ -118,15 +145,18 @@ def main(argv=None):
     register()
     if not {"-h", "--help"} & set(rest):
         check_hparams(rest)
+        if ours.test_envs is not None:
+            check_test_envs(ours.test_envs, rest)
     if ours.output_dir is not None:
         warn_other_frequencies(ours.output_dir, ours.checkpoint_freq)
-    if ours.checkpoint_freq is None:
+    if ours.checkpoint_freq is None and ours.test_envs is None:
         forward("domainbed.scripts.sweep", rest)
         return
+    test_envs = None if ours.test_envs is None else frozenset(ours.test_envs)
 
     def prepare(script: ModuleType) -> None:
-        script.make_args_list = with_checkpoint_freq(script.make_args_list,
-                                                     ours.checkpoint_freq)
+        script.make_args_list = with_train_args(script.make_args_list, ours.checkpoint_freq,
+                                                test_envs)
 
     forward_prepared("domainbed.scripts.sweep", rest, prepare)
 
