@@ -15,7 +15,7 @@ def enabled() -> bool:
 
 if enabled():
     try:
-        from domainbed_surgery import import_hook
+        from domainbed_surgery.plugin import import_hook
 
         import_hook.install()
     except Exception as exc:  # a broken hook must never stop Python from starting

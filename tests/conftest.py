@@ -18,7 +18,7 @@ _skip_reasons: set[str] = set()
 def require_domainbed() -> None:
     """For test modules that need DomainBed at import: register it, or skip the module loudly."""
     from domainbed_surgery import register
-    from domainbed_surgery.locate import DomainBedNotFound
+    from domainbed_surgery.plugin.locate import DomainBedNotFound
 
     try:
         register()
@@ -30,7 +30,7 @@ def require_domainbed() -> None:
 def domainbed():
     """DomainBed with everything of ours registered; skips loudly without a checkout."""
     from domainbed_surgery import register
-    from domainbed_surgery.locate import DomainBedNotFound
+    from domainbed_surgery.plugin.locate import DomainBedNotFound
 
     try:
         register()

@@ -232,6 +232,7 @@ def read_csv(path):
 @pytest.mark.domainbed
 def test_gradient_similarity_cli_on_rotated_digits(domainbed, tmp_path, capsys):
     pytest.importorskip("sklearn")
+    from domainbed_surgery.analysis.gradient_similarity import COLUMNS
     from domainbed_surgery.scripts import gradient_similarity as cli
 
     out = tmp_path / "out"
@@ -241,7 +242,7 @@ def test_gradient_similarity_cli_on_rotated_digits(domainbed, tmp_path, capsys):
                    "--output_dir", str(out)])
     assert rc == 0
     rows = read_csv(out / "gradient_similarity.csv")
-    assert list(rows[0]) == cli.COLUMNS
+    assert list(rows[0]) == COLUMNS
     assert [(r["test_envs"], int(r["step"])) for r in rows] == \
         [("0", 0), ("0", 2), ("1,2", 0), ("1,2", 2)]
     assert {r["source_domains"] for r in rows} == {"25+50+75", "0+75"}
@@ -256,7 +257,7 @@ def test_gradient_similarity_cli_on_rotated_digits(domainbed, tmp_path, capsys):
 
 
 def test_parse_test_env_choices():
-    from domainbed_surgery.scripts.gradient_similarity import parse_test_env_choices
+    from domainbed_surgery.analysis.gradient_similarity import parse_test_env_choices
 
     assert parse_test_env_choices(None, 4) == [(0,), (1,), (2,), (3,)]
     assert parse_test_env_choices([["0", "2"], ["1,3"], ["0"]], 4) == [(0,), (2,), (1, 3)]
@@ -369,15 +370,15 @@ def test_runs_side_by_side_by_hparam(tmp_path):
     the paired gap to ERM and the mean diagnostics, never pooled across values."""
     import json
 
-    pytest.importorskip("domainbed_surgery.report")
-    from domainbed_surgery import locate
+    pytest.importorskip("domainbed_surgery.report.tables")
+    from domainbed_surgery.plugin import locate
 
     try:
         locate.ensure_importable()
     except ImportError as exc:
         pytest.skip(f"DomainBed not importable: {exc}")
     from domainbed_surgery.analysis.by_hparam import summarize_by_hparam
-    from domainbed_surgery import report as rep
+    from domainbed_surgery.report import tables as rep
 
     accs = {(16, "ERM"): [0.30, 0.40], (16, "AgrSum"): [0.35, 0.41],
             (64, "ERM"): [0.50, 0.60], (64, "AgrSum"): [0.40, 0.50]}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from domainbed_surgery import backbones
+from domainbed_surgery.glue import backbones
 
 
 def hp(**kw):

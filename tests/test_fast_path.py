@@ -29,7 +29,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import domainbed_surgery
 from conftest import require_domainbed
 
 require_domainbed()
@@ -38,6 +37,7 @@ from domainbed import algorithms as db_algorithms  # noqa: E402
 from domainbed import hparams_registry  # noqa: E402
 
 from domainbed_surgery import rules  # noqa: E402
+from domainbed_surgery.bench import step_time  # noqa: E402
 from domainbed_surgery.scripts import benchmark  # noqa: E402
 
 pytestmark = pytest.mark.domainbed
@@ -224,7 +224,7 @@ def test_unused_parameters_are_zero_and_frozen_ones_are_skipped():
 def test_update_equals_plain_gradients_plus_rule_plus_adam(name):
     """Two ``update`` steps equal plain per-domain gradients + the surgery rule + Adam.
 
-    The reference takes the rule from :mod:`domainbed_surgery.surgery` with a
+    The reference takes the rule from :mod:`domainbed_surgery.rules` with a
     generator seeded like the algorithm's (its construction seed), writes the
     result into ``.grad`` slice by slice and steps the same Adam optimizer.
     """
@@ -272,9 +272,9 @@ def test_benchmark_main_writes_csv_and_json(tmp_path, capsys):
 
     with open(tmp_path / "benchmark.csv") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == benchmark.RESULT_COLUMNS
+        assert tuple(reader.fieldnames) == step_time.RESULT_COLUMNS
         csv_rows = list(reader)
-    assert [r["algorithm"] for r in csv_rows] == list(benchmark.DEFAULT_ALGORITHMS)
+    assert [r["algorithm"] for r in csv_rows] == list(step_time.DEFAULT_ALGORITHMS)
     for r in csv_rows:
         assert r["setting"] == "tiny" and r["steps"] == "2" and r["threads"] == "1"
         assert float(r["median_ms"]) > 0 and float(r["state_mib"]) > 0
@@ -284,10 +284,10 @@ def test_benchmark_main_writes_csv_and_json(tmp_path, capsys):
 
     with open(tmp_path / "benchmark_parts.csv") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == benchmark.PART_COLUMNS
+        assert tuple(reader.fieldnames) == step_time.PART_COLUMNS
         part_rows = list(reader)
     assert {(r["algorithm"], r["part"]) for r in part_rows} == {
-        (a, p) for a in benchmark.SURGERY_ALGORITHMS for p in benchmark.PARTS}
+        (a, p) for a in step_time.SURGERY_ALGORITHMS for p in step_time.PARTS}
 
     data = json.loads((tmp_path / "benchmark.json").read_text())
     assert data["environment"]["torch"] == torch.__version__
@@ -319,10 +319,10 @@ def test_benchmark_rejects_unknown_setting():
 
 def test_paper_scheme_step_equals_agrsum_step():
     """The benchmark's paper-scheme reference computes the same Agr-Sum step as ours."""
-    setting = benchmark.SETTINGS["tiny"]
-    ours = benchmark.build("AgrSum", setting, torch.device("cpu"))
-    paper = benchmark.build(benchmark.PAPER, setting, torch.device("cpu"))
-    batches = benchmark.make_minibatches(setting, torch.device("cpu"))
+    setting = step_time.SETTINGS["tiny"]
+    ours = step_time.build("AgrSum", setting, torch.device("cpu"))
+    paper = step_time.build(step_time.PAPER, setting, torch.device("cpu"))
+    batches = step_time.make_minibatches(setting, torch.device("cpu"))
     for _ in range(2):
         ours.update(batches)
         paper.update(batches)

@@ -14,8 +14,8 @@ require_domainbed()
 from domainbed import algorithms, hparams_registry, networks  # noqa: E402
 from domainbed.lib import misc  # noqa: E402
 
-from domainbed_surgery import fishr  # noqa: E402
-from domainbed_surgery.fishr import Fishr  # noqa: E402
+from domainbed_surgery.glue import fishr  # noqa: E402
+from domainbed_surgery.glue.fishr import Fishr  # noqa: E402
 
 
 @pytest.fixture
@@ -233,7 +233,7 @@ def test_registered_fishr_is_ours_and_original_reachable():
 
 
 def test_keep_backpack_fishr_env_and_foreign_class(monkeypatch):
-    from domainbed_surgery import registration
+    from domainbed_surgery.plugin import registration
 
     original = algorithms.Fishr_BackPACK
     monkeypatch.setattr(algorithms, "Fishr", original)
@@ -256,7 +256,7 @@ def test_fresh_interpreter_gets_our_fishr_via_the_import_hook(tmp_path):
     import subprocess
     import sys
 
-    code = ("import domainbed.algorithms as a, domainbed_surgery.fishr as f; "
+    code = ("import domainbed.algorithms as a, domainbed_surgery.glue.fishr as f; "
             "print(a.get_algorithm_class('Fishr') is f.Fishr, a.Fishr_BackPACK.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, check=True).stdout.split()

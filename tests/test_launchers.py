@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import domainbed_surgery
-from domainbed_surgery import launchers
-from domainbed_surgery.registration import RegistrationConflict, register_launchers
+from domainbed_surgery.launch import launchers
+from domainbed_surgery.plugin.registration import RegistrationConflict, register_launchers
 
 PY = shlex.quote(sys.executable)
 
@@ -233,9 +233,9 @@ def test_slurm_local_executor_runs_jobs(tmp_path, monkeypatch, capsys):
 
 # -- the sweep killed: SIGTERM like Ctrl-C; after SIGKILL the jobs die with it ----------------
 LAUNCH = {
-    "parallel": "import sys; from domainbed_surgery import launchers; "
+    "parallel": "import sys; from domainbed_surgery.launch import launchers; "
                 "launchers.parallel_launcher(sys.argv[1:], progress=False)",
-    "slurm": "import sys; from domainbed_surgery import launchers; "
+    "slurm": "import sys; from domainbed_surgery.launch import launchers; "
              "launchers.slurm_launcher(sys.argv[1:])",
 }
 
@@ -361,7 +361,7 @@ def test_progress_reaches_the_terminal_when_output_is_logged(tmp_path):
     import pty
 
     log_path = tmp_path / "launch.log"
-    code = ("import sys; from domainbed_surgery import launchers; "
+    code = ("import sys; from domainbed_surgery.launch import launchers; "
             "launchers.parallel_launcher(['true', 'true', 'true'])")
     env = dict(os.environ, DOMAINBED_PARALLEL_PROGRESS="tty", DOMAINBED_PARALLEL_GPUS="none",
                DOMAINBED_PARALLEL_JOBS="2")

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from domainbed_surgery import locate
+from domainbed_surgery.plugin import locate
 
 
 def fake_checkout(root):

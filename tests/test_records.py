@@ -39,7 +39,7 @@ def sweep(tmp_path):
 
 
 def test_loader_skips_the_bad_line_and_names_file_and_line(domainbed, sweep, capsys):
-    from domainbed_surgery import records as rec
+    from domainbed_surgery.report import records as rec
 
     records = rec.load_records(sweep)
     assert len(records) == 8
@@ -56,7 +56,7 @@ def test_loader_keeps_what_domainbed_reads(domainbed, tmp_path):
     """On a clean sweep, exactly DomainBed's records (a last line without newline included)."""
     from domainbed.lib import reporting
 
-    from domainbed_surgery import records as rec
+    from domainbed_surgery.report import records as rec
 
     root = tmp_path / "clean"
     for env in range(2):

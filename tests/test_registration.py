@@ -2,11 +2,12 @@
 
 import itertools
 import types
-import warnings
 
 import pytest
 
-from domainbed_surgery import hparams, registration, rules
+from domainbed_surgery import rules
+from domainbed_surgery.glue import hparams
+from domainbed_surgery.plugin import registration
 
 OURS = ("AgrSum", "AgrRand", "PCGrad")
 
@@ -56,7 +57,7 @@ def test_a_foreign_class_is_never_replaced(domainbed):
     with pytest.warns(RuntimeWarning, match="does not replace"):
         registration.register_algorithms(module, strict=False)
     assert module.AgrSum is AgrSum and module.ALGORITHMS.count("AgrSum") == 1
-    assert module.AgrRand.__module__ == "domainbed_surgery.algorithms"  # the others still land
+    assert module.AgrRand.__module__ == "domainbed_surgery.glue.algorithms"  # the others still land
 
 
 DATASETS = ("PACS", "VLCS", "OfficeHome", "RotatedMNIST", "ColoredMNIST")
@@ -160,3 +161,19 @@ def test_every_rule_gets_its_hparams_seeded_by_name(domainbed, name):
         import numpy as np
 
         assert drawn == hp.sample(np.random.RandomState(misc.seed_hash(seed, hp.name)))
+
+
+def test_our_glue_imported_first_still_registers_without_warning(domainbed):
+    """``import domainbed_surgery.glue.algorithms`` before anything of DomainBed's: its own
+    ``from domainbed.algorithms import ERM`` triggers the hook while it is half imported;
+    registration must wait for it instead of failing with a circular-import warning."""
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('error', RuntimeWarning)\n"
+            "import domainbed_surgery.glue.algorithms as ours\n"
+            "import domainbed.algorithms as db\n"
+            "assert db.AgrSum is ours.ALGORITHMS['AgrSum'] and 'AgrSum' in db.ALGORITHMS\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

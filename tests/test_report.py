@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from domainbed_surgery import locate
-from domainbed_surgery import report as rep
-from domainbed_surgery import report_format as fmt
+from domainbed_surgery.plugin import locate
+from domainbed_surgery.report import tables as rep
+from domainbed_surgery.report import format as fmt
 
 SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / \
     "domainbed_sweep_sample"
@@ -349,7 +349,7 @@ def test_cli_on_sample(sample, tmp_path, capsys):
 
 
 def test_control_arms_are_labelled_and_stand_beside_their_method(domainbed):
-    from domainbed_surgery import report as rep
+    from domainbed_surgery.report import tables as rep
 
     record = {"args": {"algorithm": "AgrSum"}, "hparams": {"surgery_batches": "single"}}
     assert rep._with_arm_label(record)["args"]["algorithm"] == "AgrSum-single"

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from .. import report as rep
+from ..report import tables as rep
 
 COLUMNS = ["hparam", "value", "algorithm", "test_env", "n", "acc_mean", "acc_std",
            "gap_mean", "gap_std", "n_pairs", "agreement", "cosine"]

@@ -54,7 +54,7 @@ def load(input_dir: str) -> list:
     """All records under ``input_dir`` (registers our names first; a broken line is skipped
     with a warning naming file and line, see :mod:`domainbed_surgery.records`)."""
     import domainbed_surgery  # noqa: PLC0415
-    from domainbed_surgery import records  # noqa: PLC0415
+    from ..report import records  # noqa: PLC0415
 
     domainbed_surgery.register()
     return list(records.load_records(input_dir))

@@ -2,12 +2,12 @@
 
 One difference: a ``results.jsonl`` line that is not valid JSON (a job killed while
 writing) is skipped with a warning naming the file and line, where DomainBed's loader
-stops with a bare ``JSONDecodeError`` (see :mod:`domainbed_surgery.records`).
+stops with a bare ``JSONDecodeError`` (see :mod:`domainbed_surgery.report.records`).
 """
 
-from .. import records
-from ..registration import register
-from ._forward import forward
+from ..report import records
+from ..plugin.registration import register
+from ..plugin.forward import forward
 
 
 def main(argv=None):

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import report as rep
+from ..report import tables as rep
 from ..analysis.by_hparam import summarize_by_hparam
 
 

@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import report as rep
-from .. import report_format as fmt
+from ..report import format as fmt
+from ..report import tables as rep
 
 FILES = {"markdown": "md", "latex": "tex", "csv": "csv"}
 
@@ -82,7 +82,7 @@ def main(argv=None) -> list[Path]:
             path.write_text(fmt.cells_csv(table), encoding="utf-8")
             written.append(path)
             if not args.no_figures:
-                from .. import figures  # noqa: PLC0415 - matplotlib only when plotting
+                from ..report import figures  # noqa: PLC0415 - matplotlib only when plotting
 
                 written += figures.save_boxplots(table, Path(f"{stem}_boxplot"))
     print(f"\nWrote {len(written)} files to {out_dir}")

@@ -20,16 +20,15 @@ swept algorithm defines on the swept datasets (see :mod:`._checks`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Optional
 
-from ..registration import register
-from . import _checks
-from ._forward import forward, forward_prepared
+from ..glue import checks as _checks
+from ..plugin.forward import forward, forward_prepared
+from ..plugin.registration import register
 
 
 def with_train_args(make_args_list: Callable, checkpoint_freq: Optional[int] = None,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..registration import register
-from . import _checks
-from ._forward import forward
+from ..glue import checks as _checks
+from ..plugin.forward import forward
+from ..plugin.registration import register
 
 
 def check(argv) -> None:

@@ -5,11 +5,13 @@ Imports nothing heavy: this runs at interpreter start (see :mod:`._startup`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+import threading
+from typing import Iterator, Optional
 
 #: Environment variable naming the DomainBed checkout (the folder holding ``domainbed/``).
 ENV_VAR = "DOMAINBED_DIR"
@@ -35,10 +37,27 @@ def domainbed_dir() -> Optional[Path]:
     return None
 
 
-def _importable_without_us() -> bool:
-    from . import import_hook  # noqa: PLC0415 - avoid a cycle at start-up
+_state = threading.local()
 
-    with import_hook.suspended():
+
+def busy() -> bool:
+    """True while :func:`suspended` is active in this thread (the import hook stands aside)."""
+    return getattr(_state, "busy", False)
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Let the import finders run without ours (to look for the real ``domainbed``)."""
+    previous = busy()
+    _state.busy = True
+    try:
+        yield
+    finally:
+        _state.busy = previous
+
+
+def _importable_without_us() -> bool:
+    with suspended():
         return importlib.util.find_spec("domainbed") is not None
 
 

@@ -55,7 +55,7 @@ SURGERY_REDUCTIONS = ("sum", "mean")
 
 def surgery_rules() -> dict:
     """Our algorithm names -> rule classes (the rule registry; imports torch)."""
-    from . import rules  # noqa: PLC0415 - torch is loaded by DomainBed by the time this runs
+    from .. import rules  # noqa: PLC0415 - torch is loaded by DomainBed by the time this runs
 
     return dict(rules.REGISTRY)
 

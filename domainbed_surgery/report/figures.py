@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .report import Table
+from .tables import Table
 
 FORMATS = ("png", "pdf")
 

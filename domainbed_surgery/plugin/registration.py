@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from . import locate
-from .hparams import common_hparams
+from ..glue.hparams import common_hparams
 
 ORIGIN = "domainbed_surgery"
 
@@ -62,7 +62,7 @@ def register_algorithms(module: ModuleType, strict: bool = True) -> None:
     out of ``ALGORITHMS``, so sweeps and tables never list it; its class is still put at
     its name, so ``--algorithm UPGrad`` fails with one message saying what to install.
     """
-    from .algorithms import ALGORITHMS  # noqa: PLC0415 - imports domainbed.algorithms
+    from ..glue.algorithms import ALGORITHMS  # noqa: PLC0415 - imports domainbed.algorithms
 
     for name, cls in ALGORITHMS.items():
         listed = module.ALGORITHMS if cls.rule_class.available() else []
@@ -71,7 +71,7 @@ def register_algorithms(module: ModuleType, strict: bool = True) -> None:
 
 def register_datasets(module: ModuleType, strict: bool = True) -> None:
     """Add our offline datasets to ``domainbed.datasets`` and its ``DATASETS``."""
-    from .datasets import DATASETS  # noqa: PLC0415
+    from ..glue.datasets import DATASETS  # noqa: PLC0415
 
     for name, cls in DATASETS.items():
         _add(module, module.DATASETS, name, cls, strict)
@@ -81,7 +81,7 @@ def patch_hparams_registry(module: ModuleType, strict: bool = True) -> None:
     """Wrap ``hparams_registry._hparams`` with our extra, name-seeded hparams."""
     from domainbed.lib import misc  # noqa: PLC0415
 
-    from .hparams import with_extras  # noqa: PLC0415
+    from ..glue.hparams import with_extras  # noqa: PLC0415
 
     if not _ours(module._hparams):
         module._hparams = with_extras(module._hparams, misc.seed_hash)
@@ -96,7 +96,7 @@ def patch_networks(module: ModuleType, strict: bool = True) -> None:
 def _featurizer_with_backbones(domainbed_featurizer):
     def Featurizer(input_shape, hparams):  # noqa: N802 - DomainBed's name
         """DomainBed's featurizer, or ours when the ``backbone`` hparam is set; prints its weights."""
-        from . import backbones  # noqa: PLC0415 - DomainBed has loaded torch by now
+        from ..glue import backbones  # noqa: PLC0415 - DomainBed has loaded torch by now
 
         name = hparams.get("backbone")
         if name is not None:
@@ -122,7 +122,7 @@ def patch_data_loaders(module: ModuleType, strict: bool = True) -> None:
     Like Fishr, a deliberate change at DomainBed's names: a subclass that adds one check
     (see :mod:`.loaders`) and inherits everything else.
     """
-    from .loaders import CHECKED, with_batch_check  # noqa: PLC0415 - no torch import
+    from ..glue.loaders import CHECKED, with_batch_check  # noqa: PLC0415 - no torch import
 
     for name in CHECKED:
         current = getattr(module, name, None)
@@ -136,7 +136,7 @@ def register_launchers(module: ModuleType, strict: bool = True) -> None:
     Idempotent; an entry someone else put under one of these names is kept
     (``strict`` raises :class:`RegistrationConflict`, otherwise a warning).
     """
-    from .launchers import LAUNCHERS  # noqa: PLC0415 - light: no torch at import
+    from ..launch.launchers import LAUNCHERS  # noqa: PLC0415 - light: no torch at import
 
     for name, fn in LAUNCHERS.items():
         if not _taken(f"{module.__name__}.REGISTRY[{name!r}]", module.REGISTRY.get(name), strict):
@@ -146,7 +146,7 @@ def register_launchers(module: ModuleType, strict: bool = True) -> None:
 #: The one deliberate exception to "never replace": DomainBed algorithm name ->
 #: (our module, our class, where DomainBed's original stays reachable). DomainBed's
 #: Fishr needs BackPACK, which fails with current torch; ours is numerically equal.
-REPLACES = {"Fishr": ("domainbed_surgery.fishr", "Fishr", "Fishr_BackPACK")}
+REPLACES = {"Fishr": ("domainbed_surgery.glue.fishr", "Fishr", "Fishr_BackPACK")}
 #: Set to 1 to keep DomainBed's own (BackPACK) Fishr.
 KEEP_BACKPACK_FISHR = "DOMAINBED_SURGERY_KEEP_BACKPACK_FISHR"
 
@@ -175,9 +175,24 @@ def replace_algorithms(module: ModuleType, strict: bool = True) -> None:
         setattr(module, name, ours)
 
 
+GLUE_ALGORITHMS = "domainbed_surgery.glue.algorithms"
+
+
 def _algorithms_step(module: ModuleType, strict: bool = True) -> None:
+    glue = sys.modules.get(GLUE_ALGORITHMS)
+    if glue is not None and not hasattr(glue, "ALGORITHMS"):
+        # Our glue module is importing DomainBed's (for ERM) and is not done: it registers
+        # itself when it is (the STEPS entry below), instead of a circular import here.
+        return
     register_algorithms(module, strict)
     replace_algorithms(module, strict)
+
+
+def _glue_algorithms_step(module: ModuleType, strict: bool = True) -> None:
+    """Once our glue module is imported: register into ``domainbed.algorithms`` if loaded."""
+    algorithms = sys.modules.get("domainbed.algorithms")
+    if algorithms is not None:
+        _algorithms_step(algorithms, strict)
 
 
 #: DomainBed module -> our step, in import order.
@@ -188,6 +203,7 @@ STEPS = {
     "domainbed.datasets": register_datasets,
     "domainbed.command_launchers": register_launchers,
     "domainbed.lib.fast_data_loader": patch_data_loaders,
+    GLUE_ALGORITHMS: _glue_algorithms_step,
 }
 
 
@@ -216,7 +232,7 @@ def registered() -> dict[str, list[str]]:
     networks, registry = modules["domainbed.networks"], modules["domainbed.hparams_registry"]
     backbones = []
     if networks is not None and _ours(networks.Featurizer):
-        from .backbones import BACKBONES  # noqa: PLC0415 - torch is loaded by now
+        from ..glue.backbones import BACKBONES  # noqa: PLC0415 - torch is loaded by now
 
         backbones = sorted(BACKBONES)
     return {
@@ -231,7 +247,7 @@ def registered() -> dict[str, list[str]]:
 
 def _our_loaders(module) -> list[str]:
     """DomainBed's loader names that hold our checked subclass (see :mod:`.loaders`)."""
-    from .loaders import CHECKED  # noqa: PLC0415 - light
+    from ..glue.loaders import CHECKED  # noqa: PLC0415 - light
 
     return [] if module is None else [n for n in CHECKED if _ours(getattr(module, n, None))]
 

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from . import locate
+from ..plugin import locate
 
 #: Short CLI names for DomainBed's selection methods (class names in ``domainbed.model_selection``).
 SELECTION_METHODS = {
@@ -211,7 +211,7 @@ def _domainbed_input_shape(cls) -> Optional[tuple]:
 
 def _domainbed_featurizer(cls, hparams: dict) -> tuple[str, str, Any]:
     """(backbone, weights, pretrained) of DomainBed's own ``networks.Featurizer`` (no ``backbone``)."""
-    from .backbones import domainbed_resnet  # noqa: PLC0415
+    from ..glue.backbones import domainbed_resnet  # noqa: PLC0415
 
     shape = _domainbed_input_shape(cls) if cls is not None else None
     if shape is None:
@@ -233,7 +233,7 @@ def _domainbed_featurizer(cls, hparams: dict) -> tuple[str, str, Any]:
 
 def _featurizer(cls, hparams: dict) -> tuple[str, str, Any]:
     """(backbone, weights, pretrained) of a run, as its hparams determine them."""
-    from .backbones import weights_for  # noqa: PLC0415
+    from ..glue.backbones import weights_for  # noqa: PLC0415
 
     name = hparams.get("backbone")
     if name is None:
@@ -246,11 +246,10 @@ def _featurizer(cls, hparams: dict) -> tuple[str, str, Any]:
 
 
 def _surgery_algorithms() -> set[str]:
-    """Names of our surgery algorithms: their runs should state ``surgery_reduction``."""
-    locate.ensure_importable()
-    from .algorithms import ALGORITHMS  # noqa: PLC0415 - imports domainbed.algorithms
+    """Names of our surgery algorithms (the rule registry): their runs state ``surgery_reduction``."""
+    from .. import rules  # noqa: PLC0415 - torch only when a protocol is computed
 
-    return set(ALGORITHMS)
+    return set(rules.REGISTRY)
 
 
 def _base_algorithm(name: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Optional, Sequence
 
-from ..registration import register
+from .registration import register
 
 
 def forward(module: str, argv: Optional[Sequence[str]] = None) -> None:

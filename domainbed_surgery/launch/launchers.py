@@ -43,7 +43,7 @@ jobs' process groups (SIGTERM, then SIGKILL after ``DOMAINBED_PARALLEL_KILL_GRAC
 seconds, default 5); then Ctrl-C re-raises ``KeyboardInterrupt`` and the others exit
 with status 128 + the signal number. If the sweep is killed outright (SIGKILL, out of
 memory), each job still dies with it: it runs under a small guard
-(:mod:`domainbed_surgery.jobguard`) that the kernel signals when the launcher dies.
+(:mod:`domainbed_surgery.launch.jobguard`) that the kernel signals when the launcher dies.
 
 ``slurm`` -- submit the commands as a Slurm job array with submitit
 ----------------------------------------------------------------------
@@ -286,7 +286,7 @@ def _start_job(command: str, env: dict, log=None) -> subprocess.Popen:
     """Start ``command`` under :mod:`.jobguard` in a new session, so that it dies with us.
 
     With ``log``, the job's stdout and stderr go there; else they are ours."""
-    guard = [sys.executable, "-m", "domainbed_surgery.jobguard", str(os.getpid()), command]
+    guard = [sys.executable, "-m", "domainbed_surgery.launch.jobguard", str(os.getpid()), command]
     output = {} if log is None else {"stdout": log, "stderr": subprocess.STDOUT}
     return subprocess.Popen(guard, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
                             **output)

@@ -8,7 +8,7 @@ ERM's featurizer, classifier, Adam optimizer and ``predict``. One
 statistics), written straight into the rows of one preallocated ``[N, P]`` buffer,
 combines them with the rule and takes one step. BatchNorm running statistics take one
 update per step from the mean of the per-domain batch statistics
-(:mod:`domainbed_surgery.batchnorm`), not N ordered ones.
+(:mod:`domainbed_surgery.glue.batchnorm`), not N ordered ones.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from domainbed.algorithms import ERM
 from torch import Tensor
 
-from . import rules
+from .. import rules
 from .batchnorm import PooledBatchNormStats
 from .hparams import SURGERY_BATCHES, SURGERY_REDUCTIONS
 

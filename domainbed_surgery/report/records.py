@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, Iterator, Optional, TextIO, Union
 
-from . import locate
+from ..plugin import locate
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -1,6 +1,7 @@
 """Lazy registration: run our patches right after DomainBed's modules are imported.
 
-A :class:`sys.meta_path` finder watches a few ``domainbed.*`` module names. When
+A :class:`sys.meta_path` finder watches the module names of :data:`.registration.STEPS`
+(a few ``domainbed.*`` modules, and our glue algorithms, which import DomainBed's). When
 one of them has executed, the matching step of :mod:`.registration` runs, so a
 plain ``python -m domainbed.scripts.train`` sees our algorithms, hparams, backbones
 and datasets, and nothing (torch included) is imported before DomainBed itself is.
@@ -9,34 +10,15 @@ It also finds ``domainbed`` under ``DOMAINBED_DIR`` when it is not importable.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.abc
 import importlib.machinery
 import sys
-import threading
 import traceback
 import warnings
-from typing import Iterator
 
+from .locate import busy, domainbed_dir, suspended
 from .registration import STEPS
-
-_state = threading.local()
-
-
-def _busy() -> bool:
-    return getattr(_state, "busy", False)
-
-
-@contextlib.contextmanager
-def suspended() -> Iterator[None]:
-    """Let finders run without ours (used to look for the real ``domainbed``)."""
-    previous = _busy()
-    _state.busy = True
-    try:
-        yield
-    finally:
-        _state.busy = previous
 
 
 class _PostImportLoader(importlib.abc.Loader):
@@ -66,13 +48,11 @@ class DomainBedFinder(importlib.abc.MetaPathFinder):
     """Finds watched DomainBed modules with the other finders and wraps their loader."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if _busy() or (fullname != "domainbed" and fullname not in STEPS):
+        if busy() or (fullname != "domainbed" and fullname not in STEPS):
             return None
         with suspended():
             spec = _find_with_others(self, fullname, path, target)
             if spec is None and fullname == "domainbed":
-                from .locate import domainbed_dir  # noqa: PLC0415
-
                 found = domainbed_dir()
                 if found is not None:
                     spec = importlib.machinery.PathFinder.find_spec(fullname, [str(found)])

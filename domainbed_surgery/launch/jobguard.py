@@ -1,6 +1,6 @@
 """Run one job of the ``parallel`` launcher so that it dies with the launcher.
 
-    python -m domainbed_surgery.jobguard LAUNCHER_PID COMMAND
+    python -m domainbed_surgery.launch.jobguard LAUNCHER_PID COMMAND
 
 The launcher starts this guard as each job's direct child, as the leader of a new
 session and process group; the guard runs ``COMMAND`` with ``shell=True`` in that group
@@ -79,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command in this process group; end the group if the launcher dies or we are told to stop."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2:
-        print("usage: python -m domainbed_surgery.jobguard LAUNCHER_PID COMMAND", file=sys.stderr)
+        print("usage: python -m domainbed_surgery.launch.jobguard LAUNCHER_PID COMMAND", file=sys.stderr)
         return 2
     parent, command = int(args[0]), args[1]
     grace = float(os.environ.get(GRACE_ENV, "5"))

@@ -1,0 +1,1 @@
+"""Benchmarks: step time and memory of the surgery algorithms (:mod:`.step_time`)."""

@@ -1,0 +1,6 @@
+"""Reading sweeps and reporting them: tolerant records, the paper's Table 1 and Fig. 3.
+
+:mod:`.records` reads ``results.jsonl`` files, :mod:`.tables` computes (pure), :mod:`.format`
+renders text/Markdown/LaTeX/CSV, :mod:`.figures` draws box plots. Importing this package
+imports nothing.
+"""
