@@ -157,6 +157,21 @@ def test_pacs64_reads_the_expected_layout(domainbed, tmp_path):
     assert data.num_classes == 7 and all(env.classes == list(PACS_CLASSES) for env in data)
     x, y = data[2][6 * 4]  # photo, the first 'horse' image
     assert tuple(x.shape) == (3, 64, 64) and y == PACS_CLASSES.index("horse")
+    # without augmentation the images are decoded once, to the tensors a plain read gives
+    import torch
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    from domainbed_surgery.glue.datasets import PACS64
+
+    assert all(isinstance(env, torch.utils.data.TensorDataset) for env in data)
+    augmented = PACS64(str(tmp_path), [0], {"data_augmentation": True})
+    assert isinstance(augmented[1], ImageFolder)  # a training domain, augmented on the fly
+    assert isinstance(augmented[0], torch.utils.data.TensorDataset)  # the test domain
+    plain = ImageFolder(str(tmp_path / "PACS" / "photo"), transform=transforms.Compose([
+        transforms.Resize((64, 64)), transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]))
+    assert torch.equal(plain[6 * 4][0], x)
 
 
 @pytest.mark.parametrize("change,expected", [

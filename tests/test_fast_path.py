@@ -224,9 +224,11 @@ def test_unused_parameters_are_zero_and_frozen_ones_are_skipped():
 def test_update_equals_plain_gradients_plus_rule_plus_adam(name):
     """Two ``update`` steps equal plain per-domain gradients + the surgery rule + Adam.
 
-    The reference takes the rule from :mod:`domainbed_surgery.rules` with a
-    generator seeded like the algorithm's (its construction seed), writes the
-    result into ``.grad`` slice by slice and steps the same Adam optimizer.
+    The reference applies the rule from :mod:`domainbed_surgery.rules` (its one-pass
+    form, :func:`~domainbed_surgery.rules.combine_in_one_pass`, which
+    ``tests/rules/test_one_pass.py`` holds against the plain call) with a generator
+    seeded like the algorithm's (its construction seed), writes the result into
+    ``.grad`` slice by slice and steps the same Adam optimizer.
     """
     shape = MLP_SHAPE
     seed = 7
@@ -241,7 +243,7 @@ def test_update_equals_plain_gradients_plus_rule_plus_adam(name):
         out = fast.update(batches)
 
         ref, ref_losses = plain_domain_gradients(plain, batches)
-        combined = rule(ref, gen)
+        combined, _ = rules.combine_in_one_pass(rule, ref, gen)
         offset = 0
         for p in trainable(plain):
             p.grad = combined[offset:offset + p.numel()].view_as(p).clone()

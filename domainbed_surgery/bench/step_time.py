@@ -36,9 +36,11 @@ Memory, per algorithm, after the timed steps (one extra ``update`` each):
   as our ``[N, P]`` buffer; views are counted once). Device independent.
 
 A second table splits each surgery algorithm's step into its parts, timed
-separately (interleaved too): ``gradients`` (``domain_gradients``), ``gram``
-(finite check + Gram matrix), ``mask`` (the Eq. 2 agreement mask, shared by the
-rule and the logged fraction), ``combine`` (the rule on the ``[N, P]`` buffer),
+separately (interleaved too): ``gradients`` (``domain_gradients``, BatchNorm's
+statistics recorded), ``one_pass`` (:func:`~domainbed_surgery.rules.one_pass` alone: the
+Gram matrix, the agreement count and an elementwise rule's result in one read of the
+``[N, P]`` buffer), ``combine`` (the whole rule: that pass, then Agr-Rand's noise or a
+Gramian rule's ``weights @ grads``; so ``combine - one_pass`` is what follows the pass),
 ``metrics`` (agreement fraction and cosine that ``update`` logs) and ``adam``
 (``optimizer.step``). ``share`` is a part's median over the update's median.
 
@@ -76,7 +78,6 @@ from domainbed import algorithms as db_algorithms  # noqa: E402 - needs register
 from domainbed import hparams_registry  # noqa: E402
 
 from .. import rules  # noqa: E402
-from ..glue import algorithms as surgery_algorithms  # noqa: E402
 
 MIB = 2 ** 20
 
@@ -123,7 +124,7 @@ FLOOR = "per-domain-floor"
 #: Every available rule of the registry (the paper's three first, then TorchJD's).
 SURGERY_ALGORITHMS = tuple(rules.names())
 DEFAULT_ALGORITHMS = ("ERM", *SURGERY_ALGORITHMS, "ANDMask", "Fish", PAPER, FLOOR)
-PARTS = ("gradients", "gram", "mask", "combine", "metrics", "adam")
+PARTS = ("gradients", "one_pass", "combine", "metrics", "adam")
 
 RESULT_COLUMNS = ("setting", "algorithm", "device", "threads", "backbone", "input_shape",
                   "domains", "batch_per_domain", "params", "steps", "warmup", "median_ms",
@@ -366,17 +367,19 @@ def _parts_once(alg, minibatches, device) -> dict[str, float]:
     """Time the pieces of one surgery ``update`` separately (same calls, same order)."""
     out = {}
     out["gradients"], (grads, _losses) = timed(lambda: alg.domain_gradients(minibatches), device)
-    checked_gram = surgery_algorithms._checked_gram
-    out["gram"], gram = timed(lambda: checked_gram(grads), device)
-    out["mask"], mask = timed(lambda: rules.agreement_mask(grads), device)
-    out["combine"], _ = timed(lambda: alg.combine(grads, gram, mask), device)
+    rule = alg.rule
+    out["one_pass"], _ = timed(lambda: rules.one_pass(
+        grads, rule if rule.elementwise else None, out=alg._combined), device)
+    out["combine"], (_, passed) = timed(lambda: alg.combine(grads), device)
 
     def metrics():
-        agreement = mask.count_nonzero() / mask.numel()
-        cosine = rules.pairwise_cosine(gram.to(torch.float64))
+        agreement = passed.n_agree / grads.shape[1]
+        cosine = rules.pairwise_cosine(passed.gram)
         return torch.stack([agreement.double(), cosine]).tolist()
 
     out["metrics"], _ = timed(metrics, device)
+    for p, g in zip(alg._params, alg._combined_views):  # as update() does before its step
+        p.grad = g
     out["adam"], _ = timed(alg.optimizer.step, device)
     return out
 

@@ -90,7 +90,8 @@ class GradientSurgery(ERM):
         return tuple(p for p in self.network.parameters() if p.requires_grad)
 
     def _prepare(self, n_domains: int) -> Tensor:
-        """The zeroed ``[N, P]`` buffer, (re)allocated when N, the parameters or the device change."""
+        """The ``[N, P]`` buffer, (re)allocated when N, the parameters or the device change
+        (:meth:`domain_gradients` writes every row whole)."""
         params = self._trainable()
         if not params:
             raise RuntimeError(f"{type(self).__name__}: the network has no trainable parameter")
@@ -112,7 +113,6 @@ class GradientSurgery(ERM):
             self._rows = [_views(row, params, sizes) for row in self._grads]
             self._combined = torch.empty(sum(sizes), device=ref.device, dtype=ref.dtype)
             self._combined_views = _views(self._combined, params, sizes)
-        self._grads.zero_()
         return self._grads
 
     def _rng(self, device: torch.device) -> torch.Generator:
@@ -123,18 +123,30 @@ class GradientSurgery(ERM):
 
     # -- one step ------------------------------------------------------------
     def domain_gradients(self, minibatches) -> tuple[Tensor, Tensor]:
-        """Fill the buffer with one loss gradient per minibatch; return it and the losses."""
+        """Fill the buffer with one loss gradient per minibatch; return it and the losses.
+
+        Each backward starts with ``.grad`` unset, so autograd stores each gradient as it
+        computes it (no accumulation), and one multi-tensor copy moves them into the
+        domain's row: one write of the row, without zeroing it first or reading it back.
+        """
         grads = self._prepare(len(minibatches))
         losses = []
         for row, (x, y) in zip(self._rows, minibatches):
-            for p, g in zip(self._params, row):
-                p.grad = g  # backward accumulates in place into this domain's row
+            for p in self._params:
+                p.grad = None
             loss = F.cross_entropy(self.predict(x), y)
             loss.backward()
-            for p, g in zip(self._params, row):
-                if p.grad is not g:  # autograd replaced it: keep the buffer authoritative
-                    g.copy_(p.grad)
+            used = [(g, p.grad) for p, g in zip(self._params, row) if p.grad is not None]
+            if used:
+                torch._foreach_copy_([g for g, _ in used], [d for _, d in used])
+            if len(used) < len(row):  # parameters this loss does not reach: zero gradient
+                seen = {id(g) for g, _ in used}
+                for g in row:
+                    if id(g) not in seen:
+                        g.zero_()
             losses.append(loss.detach())
+        for p in self._params:
+            p.grad = None
         return grads, torch.stack(losses)
 
     def gradient_batches(self, minibatches) -> list:
@@ -148,20 +160,26 @@ class GradientSurgery(ERM):
         recent = list(self._recent[d])
         return [recent[k % len(recent)] for k in range(n)]
 
-    def combine(self, grads: Tensor, gram: Tensor, mask: Tensor) -> Tensor:
-        """The rule's update, in the preallocated vector, at the ``surgery_reduction`` scale.
+    def combine(self, grads: Tensor) -> tuple[Tensor, rules.OnePass]:
+        """The rule's update of ``grads``, in the preallocated vector, at the
+        ``surgery_reduction`` scale; and the step's one pass over ``grads`` (Gram matrix,
+        agreement count) for the diagnostics.
 
-        ``gram`` and ``mask`` (Eq. 2) are those of ``grads``, computed once per step.
+        One read of ``grads`` computes the Gram matrix, the agreement count and, for an
+        elementwise rule (Agr-Sum, Agr-Rand), its result; other rules then take
+        ``weights @ grads`` or their own pass (:func:`~..rules.combine_in_one_pass`).
+        Raises ``FloatingPointError`` on a non-finite domain gradient, before any weight
+        or BatchNorm statistic changes.
         """
-        rule = self.rule
-        combined = rule(grads, self._rng(rule.generator_device(grads)), gram=gram,
-                        mask=mask if rule.needs_mask else None, out=self._combined)
+        rule, n = self.rule, grads.shape[0]
+        combined, passed = rules.combine_in_one_pass(
+            rule, grads, self._rng(rule.generator_device(grads)), out=self._combined)
+        _check_finite(passed.gram, grads)
         if combined is not self._combined:
             self._combined.copy_(combined)
-        n = grads.shape[0]
         if n > 1 and self.surgery_reduction != rule.native_scale:
             self._combined.mul_(n if self.surgery_reduction == "sum" else 1.0 / n)
-        return self._combined
+        return self._combined, passed
 
     def update(self, minibatches, unlabeled=None):
         if len(minibatches) == 0:
@@ -174,18 +192,17 @@ class GradientSurgery(ERM):
         # Per-domain batch statistics in the forwards, one pooled running update per step.
         with PooledBatchNormStats(self.network) as batchnorm:
             grads, losses = self.domain_gradients(self.gradient_batches(minibatches))
-        gram = _checked_gram(grads)
+        _, passed = self.combine(grads)
         batchnorm.commit()
-        mask = rules.agreement_mask(grads)  # for the rule and the diagnostic
-        self.combine(grads, gram, mask)
         for p, g in zip(self._params, self._combined_views):
             p.grad = g
         self.optimizer.step()
 
-        agreement = mask.count_nonzero() / mask.numel()
-        cosine = rules.pairwise_cosine(gram.to(torch.float64))
+        agreement = passed.n_agree / grads.shape[1]
+        cosine = rules.pairwise_cosine(passed.gram)
         values = [losses.mean(), agreement, cosine]
-        if self.layer_agreement:
+        if self.layer_agreement:  # a diagnostic: one more pass, for the per-tensor counts
+            mask = rules.agreement_mask(grads)
             values += [m.count_nonzero() / m.numel() for m in mask.split(self._sizes)]
         values = torch.stack([v.double() for v in values]).tolist()  # one device sync
         logged = {"loss": values[0], "agreement": values[1], "cosine": values[2]}
@@ -200,23 +217,16 @@ def _views(flat: Tensor, params, sizes) -> list[Tensor]:
     return [chunk.view_as(p) for chunk, p in zip(flat.split(sizes), params)]
 
 
-def _checked_gram(grads: Tensor) -> Tensor:
-    """Gram matrix of the domain gradients; raises if any of them is not finite.
-
-    A squared norm is finite iff its row is (or the row is so large that float32
-    overflows: then the Gram matrix is recomputed in float64).
-    """
-    gram = grads @ grads.T
+def _check_finite(gram: Tensor, grads: Tensor) -> None:
+    """Raise if a domain gradient is not finite (its squared norm, on the diagonal, is not:
+    :func:`~..rules.one_pass` has already recomputed a float32 overflow in float64)."""
     if bool(torch.isfinite(gram.diagonal()).all()):
-        return gram
+        return
     finite = torch.isfinite(grads).all(dim=1).tolist()
     bad = [i for i, ok in enumerate(finite) if not ok]
-    if bad:
-        raise FloatingPointError(
-            f"non-finite gradient in training domain(s) {bad} (position among this step's "
-            f"{len(finite)} training minibatches); no update was applied")
-    wide = grads.to(torch.float64)
-    return wide @ wide.T
+    raise FloatingPointError(
+        f"non-finite gradient in training domain(s) {bad} (position among this step's "
+        f"{len(finite)} training minibatches); no update was applied")
 
 
 def algorithm_class(rule_class: type[rules.Rule]) -> type[GradientSurgery]:

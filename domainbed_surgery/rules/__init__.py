@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import (REGISTRY, GramianRule, HParam, Rule, RuleUnavailable, agreement_mask,
-                   check_grads, gram_matrix, pairwise_cosine)
+from .base import (CHUNK, REGISTRY, GramianRule, HParam, OnePass, Rule, RuleUnavailable,
+                   agreement_mask, check_grads, column_chunks, combine_in_one_pass, gram_matrix,
+                   one_pass,
+                   pairwise_cosine)
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_") and _module.name != "base":
@@ -35,4 +37,5 @@ def get(name: str) -> type[Rule]:
 
 
 __all__ = ["REGISTRY", "Rule", "GramianRule", "HParam", "RuleUnavailable", "names", "get",
-           "agreement_mask", "gram_matrix", "pairwise_cosine", "check_grads"]
+           "agreement_mask", "gram_matrix", "one_pass", "combine_in_one_pass", "OnePass", "column_chunks", "CHUNK",
+           "pairwise_cosine", "check_grads"]

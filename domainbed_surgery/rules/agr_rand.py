@@ -23,6 +23,8 @@ class AgrRand(Rule):
     needs_mask = True
     randomized = True
 
+    elementwise = True
+
     def combine(self, grads, *, gram, mask, generator, out):
         total = torch.sum(grads, dim=0, out=out)
         total.mul_(mask)
@@ -34,3 +36,30 @@ class AgrRand(Rule):
                             dtype=total.dtype)
         noise.mul_(sigma.to(total.dtype))
         return torch.where(mask, total, noise, out=total)
+
+    def combine_chunk(self, grads, conflicts, out):
+        torch.add(grads[0], grads[1], out=out)
+        for row in grads[2:]:
+            out.add_(row)
+        out.masked_fill_(conflicts, 0.0)
+        return torch.linalg.vector_norm(out, ord=1, dtype=torch.float64)
+
+    def finish(self, out, partial, n_agree, generator):
+        """Noise where the domains conflict: exactly the zeros of ``out``, since an agreeing
+        component is a sum of nonzero numbers of one sign, which is never zero.
+
+        On the CPU, where drawing normals is the slow part, only those components get a
+        draw; on a GPU, where draws are cheap and a count would wait for the device, every
+        component does and the agreeing ones keep their sum (same distribution).
+        """
+        sigma = torch.where(n_agree > 0, partial / n_agree.clamp_min(1), 0.0).to(out.dtype)
+        if out.device.type != "cpu":
+            noise = torch.randn(out.shape, generator=generator, device=out.device,
+                                dtype=out.dtype).mul_(sigma)
+            return torch.where(out == 0, noise, out, out=out)
+        n_conflicts = out.numel() - int(n_agree)
+        if n_conflicts == 0 or float(sigma) == 0.0:
+            return out  # conflicts (if any) stay 0: no agreeing scale to draw from
+        noise = torch.empty(n_conflicts, dtype=out.dtype).normal_(0.0, float(sigma),
+                                                                  generator=generator)
+        return out.masked_scatter_(out == 0, noise)

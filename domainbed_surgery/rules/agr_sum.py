@@ -14,7 +14,14 @@ class AgrSum(Rule):
     rank = 0
     summary = "sum of the domain gradients where all agree in sign, 0 elsewhere (Eq. 3)"
     needs_mask = True
+    elementwise = True
 
     def combine(self, grads, *, gram, mask, generator, out):
         total = torch.sum(grads, dim=0, out=out)
         return total.mul_(mask)
+
+    def combine_chunk(self, grads, conflicts, out):
+        torch.add(grads[0], grads[1], out=out)
+        for row in grads[2:]:
+            out.add_(row)
+        out.masked_fill_(conflicts, 0.0)

@@ -19,14 +19,16 @@ import importlib.util
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "HParam", "Rule", "GramianRule", "REGISTRY", "RuleUnavailable",
-    "agreement_mask", "gram_matrix", "pairwise_cosine", "check_grads",
+    "HParam", "Rule", "GramianRule", "REGISTRY", "RuleUnavailable", "OnePass", "CHUNK",
+    "agreement_mask", "gram_matrix", "one_pass", "combine_in_one_pass", "column_chunks",
+    "pairwise_cosine",
+    "check_grads",
 ]
 
 
@@ -155,7 +157,21 @@ class Rule(ABC):
     @abstractmethod
     def combine(self, grads: Tensor, *, gram: Optional[Tensor], mask: Optional[Tensor],
                 generator: Optional[torch.Generator], out: Optional[Tensor]) -> Tensor:
-        """The update for N >= 2 (inputs already checked)."""
+        """The update for N >= 2 (inputs already checked): the reference implementation."""
+
+    #: Whether the rule works column by column given the mask (:meth:`combine_chunk`, then
+    #: :meth:`finish`), so that :func:`one_pass` applies it in its single pass over ``[N, P]``.
+    elementwise: ClassVar[bool] = False
+
+    def combine_chunk(self, grads: Tensor, conflicts: Tensor, out: Tensor) -> Optional[Tensor]:
+        """Write the update of some columns into ``out`` (``conflicts``: where Eq. 2 fails);
+        may return a statistic, summed over the chunks and handed to :meth:`finish`."""
+        raise NotImplementedError(f"{self.name} is not elementwise")
+
+    def finish(self, out: Tensor, partial: Optional[Tensor], n_agree: Tensor,
+               generator: Optional[torch.Generator]) -> Tensor:
+        """Complete the update after :meth:`combine_chunk` covered every column."""
+        return out
 
     def reset(self) -> None:
         """Forget any state kept across steps (stateful rules override it)."""
@@ -198,12 +214,38 @@ def check_grads(grads: Tensor) -> None:
         raise TypeError(f"grads must be floating point, got {grads.dtype}")
 
 
-def _all_rows(grads: Tensor, compare) -> Tensor:
-    """``bool[P]``: ``compare(row)`` holds in every row (row-wise, no ``[N, P]`` temporaries)."""
-    result = compare(grads[0])
-    for row in grads[1:]:
-        result &= compare(row)
-    return result
+#: Columns per chunk of the one-pass functions: 3 domain rows of 2^19 float32 (6 MB) stay
+#: in cache while every quantity of the step is computed from them.
+CHUNK = 1 << 19
+
+
+def column_chunks(n_columns: int, chunk: int = CHUNK) -> list[slice]:
+    """Consecutive column slices of at most ``chunk`` columns covering ``n_columns``."""
+    return [slice(a, min(a + chunk, n_columns)) for a in range(0, n_columns, chunk)]
+
+
+def _conflicts_into(grads: Tensor, out: Tensor, low: Tensor, high: Tensor,
+                    scratch: Tensor) -> Tensor:
+    """Not Eq. 2, into ``out``: some row is <= 0 (their minimum is) and some is >= 0 (their
+    maximum is); i.e. the components are not all > 0 nor all < 0 (the authors' rule: a
+    zero conflicts). ``low``/``high``/``scratch`` are buffers of ``out``'s length."""
+    if len(grads) == 1:
+        low.copy_(grads[0])
+        high.copy_(grads[0])
+    else:
+        torch.minimum(grads[0], grads[1], out=low)
+        torch.maximum(grads[0], grads[1], out=high)
+    for row in grads[2:]:
+        torch.minimum(low, row, out=low)
+        torch.maximum(high, row, out=high)
+    torch.le(low, 0, out=out)
+    return out.logical_and_(torch.ge(high, 0, out=scratch))
+
+
+def _buffers(width: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Scratch space of the chunked functions: conflict mask, low, high, scratch mask."""
+    return (torch.empty(width, dtype=torch.bool, device=like.device), like.new_empty(width),
+            like.new_empty(width), torch.empty(width, dtype=torch.bool, device=like.device))
 
 
 def agreement_mask(grads: Tensor) -> Tensor:
@@ -216,17 +258,102 @@ def agreement_mask(grads: Tensor) -> Tensor:
     agreeing ones, and for the logged agreement fraction; Agr-Sum's sum is 0 there anyway.
     """
     check_grads(grads)
-    return _all_rows(grads, lambda r: r > 0) | _all_rows(grads, lambda r: r < 0)
+    return _conflicts_into(grads, *_buffers(grads.shape[1], grads[0])).logical_not_()
 
 
-def gram_matrix(grads: Tensor) -> Tensor:
-    """``[N, N]`` inner products ``<g^(i), g^(j)>`` (one matmul; float64 if float32 overflows)."""
-    check_grads(grads)
-    gram = grads @ grads.T
-    if not bool(torch.isfinite(gram).all()) and bool(torch.isfinite(grads).all()):
-        wide = grads.to(torch.float64)
-        gram = wide @ wide.T
+def _dots(rows: Sequence[Tensor]) -> list[Tensor]:
+    """``<rows[i], rows[j]>`` for ``i <= j`` (the upper triangle, row by row)."""
+    return [torch.dot(rows[i], rows[j]) for i in range(len(rows)) for j in range(i, len(rows))]
+
+
+def _gram_from(dots: list[Tensor], n: int, device) -> Tensor:
+    """The ``[N, N]`` float64 Gram matrix from per-chunk upper-triangle dots, summed."""
+    upper = torch.stack(dots).view(-1, n * (n + 1) // 2).double().sum(dim=0)
+    gram = torch.zeros(n, n, dtype=torch.float64, device=device)
+    i, j = torch.triu_indices(n, n, device=device)
+    gram[i, j] = upper
+    gram[j, i] = upper
     return gram
+
+
+def gram_matrix(grads: Tensor, chunk: int = CHUNK) -> Tensor:
+    """``[N, N]`` float64 inner products ``<g^(i), g^(j)>``, summed over column chunks.
+
+    Each chunk's dot products are taken in the gradients' dtype and summed in float64;
+    :func:`one_pass` computes the same dots in the same order, so both give the same
+    matrix. Recomputed in float64 throughout if float32 overflows.
+    """
+    check_grads(grads)
+    n = grads.shape[0]
+    dots = [d for cols in column_chunks(grads.shape[1], chunk) for d in _dots(grads[:, cols])]
+    return _widened_if_overflowed(_gram_from(dots, n, grads.device), grads, chunk)
+
+
+def _widened_if_overflowed(gram: Tensor, grads: Tensor, chunk: int) -> Tensor:
+    """``gram``, or its float64 recomputation when it overflowed while ``grads`` are finite."""
+    if grads.dtype == torch.float64 or bool(torch.isfinite(gram).all()) \
+            or not bool(torch.isfinite(grads).all()):
+        return gram
+    return gram_matrix(grads.double(), chunk)
+
+
+@dataclass
+class OnePass:
+    """What :func:`one_pass` computes: the Gram matrix and the number of agreeing components."""
+
+    gram: Tensor  # [N, N] float64
+    n_agree: Tensor  # int64 scalar: components where Eq. 2 holds
+    partial: Optional[Tensor] = None  # the elementwise rule's accumulated statistic
+
+
+def one_pass(grads: Tensor, rule: Optional["Rule"] = None, out: Optional[Tensor] = None,
+             chunk: int = CHUNK) -> OnePass:
+    """The Gram matrix, the agreement count and, for an elementwise ``rule``, its result
+    (into ``out``), in one pass over ``[N, P]``.
+
+    The gradients are read chunk by chunk (:data:`CHUNK` columns), and every quantity is
+    computed from a chunk while it is in cache: the memory-bound work of a step reads the
+    ``[N, P]`` matrix once instead of once per quantity. A rule that is not elementwise
+    gets only the Gram matrix and the count (it runs afterwards, e.g. ``weights @ grads``).
+    """
+    check_grads(grads)
+    n, p = grads.shape
+    elementwise = rule is not None and rule.elementwise
+    if elementwise and out is None:
+        out = grads.new_empty(p)
+    conflicts, low, high, scratch = _buffers(min(chunk, p), grads[0])
+    dots, n_conflicts, partials = [], [], []
+    for cols in column_chunks(p, chunk):
+        part = grads[:, cols]
+        k = part.shape[1]
+        dots += _dots(part)
+        c = _conflicts_into(part, conflicts[:k], low[:k], high[:k], scratch[:k])
+        n_conflicts.append(c.count_nonzero())
+        if elementwise:
+            partial = rule.combine_chunk(part, c, out[cols])
+            if partial is not None:
+                partials.append(partial)
+    n_agree = p - torch.stack(n_conflicts).sum()
+    gram = _widened_if_overflowed(_gram_from(dots, n, grads.device), grads, chunk)
+    return OnePass(gram, n_agree, torch.stack(partials).sum() if partials else None)
+
+
+def combine_in_one_pass(rule: "Rule", grads: Tensor, generator: Optional[torch.Generator] = None,
+                        out: Optional[Tensor] = None) -> tuple[Tensor, OnePass]:
+    """``rule``'s update of ``grads`` the fast way, and the :class:`OnePass` it came with.
+
+    An elementwise rule is applied inside :func:`one_pass`, then :meth:`Rule.finish`
+    completes it (Agr-Rand's noise); any other rule runs after the pass with its Gram
+    matrix (for a Gramian rule, one ``weights @ grads`` product). Same result as calling
+    the rule (bitwise for Agr-Sum and the Gramian rules; Agr-Rand draws its noise for the
+    conflicting components only, so its noise differs but not its distribution).
+    """
+    if rule.elementwise and grads.shape[0] > 1:  # (N = 1: the call returns the gradient)
+        out = grads.new_empty(grads.shape[1]) if out is None else out
+        passed = one_pass(grads, rule, out=out)
+        return rule.finish(out, passed.partial, passed.n_agree, generator), passed
+    passed = one_pass(grads)
+    return rule(grads, generator, gram=passed.gram, out=out), passed
 
 
 def pairwise_cosine(gram: Tensor) -> Tensor:

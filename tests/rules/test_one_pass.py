@@ -1,0 +1,99 @@
+"""The one-pass combine against the reference (plain) rules.
+
+:func:`~domainbed_surgery.rules.one_pass` reads ``[N, P]`` once, chunk by chunk, for the
+Gram matrix, the agreement count and an elementwise rule's result;
+:func:`~domainbed_surgery.rules.combine_in_one_pass` completes the update. Against the
+plain functions: bitwise for Agr-Sum, the Gram matrix and the Gramian rules; for
+Agr-Rand the same agreeing sums, and noise of the same distribution (drawn for the
+conflicting components only), reproducible under a seed.
+"""
+
+import pytest
+import torch
+from scipy import stats
+
+from domainbed_surgery import rules
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def grads_with_zeros(n=3, p=1001, seed=0, dtype=torch.float32):
+    g = torch.randn(n, p, generator=gen(seed), dtype=dtype)
+    g[:, ::7] = 0.0  # columns zero in every domain
+    g[0, 1::5] = 0.0  # zeros in one domain
+    return g
+
+
+@pytest.mark.parametrize("chunk", [1, 64, 1000, 1001, rules.CHUNK])
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_gram_and_count_equal_the_plain_functions(chunk, n):
+    g = grads_with_zeros(n)
+    passed = rules.one_pass(g, chunk=chunk)
+    assert torch.equal(passed.gram, rules.gram_matrix(g, chunk=chunk))
+    torch.testing.assert_close(passed.gram, (g.double() @ g.double().T), rtol=1e-5, atol=1e-3)
+    assert passed.n_agree.item() == rules.agreement_mask(g).sum().item()
+
+
+@pytest.mark.parametrize("chunk", [1, 64, 1001, rules.CHUNK])
+def test_agrsum_in_one_pass_is_bitwise_the_rule(chunk):
+    g = grads_with_zeros()
+    rule = rules.get("AgrSum")()
+    out = torch.full((g.shape[1],), float("nan"))
+    passed = rules.one_pass(g, rule, out=out, chunk=chunk)
+    assert torch.equal(out, rule(g))
+    assert passed.partial is None
+
+
+@pytest.mark.parametrize("name", ["PCGrad", "UPGrad", "MGDA"])
+def test_gramian_rules_in_one_pass_are_bitwise_the_rule(name):
+    if not rules.get(name).available():
+        pytest.skip(f"{name} needs {rules.get(name).requires}")
+    g = grads_with_zeros(p=300_000)  # several chunks
+    fast, passed = rules.combine_in_one_pass(rules.get(name)(), g, gen(4))
+    plain = rules.get(name)()(g, gen(4), gram=rules.gram_matrix(g))
+    assert torch.equal(fast, plain)
+
+
+def test_agrrand_keeps_the_agreeing_sums_and_draws_the_same_noise():
+    """Agreeing components: the sum, bitwise. Conflicting ones (all-zero columns included):
+    N(0, sigma^2) with the reference's sigma, by a Kolmogorov-Smirnov test on 100k draws."""
+    g = grads_with_zeros(p=300_000, seed=1)
+    rule = rules.get("AgrRand")()
+    fast, passed = rules.combine_in_one_pass(rule, g, gen(2))
+    mask = rules.agreement_mask(g)
+    total = g.sum(0)
+    assert torch.equal(fast[mask], total[mask])
+    sigma = total[mask].abs().double().mean().item()  # the authors' scale
+    assert passed.partial.item() / passed.n_agree.item() == pytest.approx(sigma, rel=1e-9)
+    noise = fast[~mask].double()
+    assert (noise != 0).all()
+    assert stats.kstest(noise.numpy() / sigma, "norm").pvalue > 1e-3
+    reference = rule(g, gen(2))[~mask].double()  # the plain rule's noise: same law
+    assert stats.ks_2samp(noise.numpy(), reference.numpy()).pvalue > 1e-3
+
+
+def test_agrrand_in_one_pass_is_reproducible_under_a_seed():
+    g = grads_with_zeros(p=5000, seed=3)
+    rule = rules.get("AgrRand")()
+    a, _ = rules.combine_in_one_pass(rule, g, gen(7))
+    b, _ = rules.combine_in_one_pass(rule, g, gen(7))
+    c, _ = rules.combine_in_one_pass(rule, g, gen(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_agrrand_without_agreement_and_single_domain():
+    g = torch.tensor([[1.0, -2.0, 0.0], [-1.0, 2.0, 0.0]])
+    fast, passed = rules.combine_in_one_pass(rules.get("AgrRand")(), g, gen())
+    assert fast.tolist() == [0.0, 0.0, 0.0] and passed.n_agree.item() == 0
+    one = torch.tensor([[0.0, 3.0, -1.0]])
+    assert rules.combine_in_one_pass(rules.get("AgrRand")(), one, gen())[0].tolist() == \
+        [0.0, 3.0, -1.0]
+
+
+def test_float32_overflow_is_recomputed_in_float64():
+    g = torch.full((3, 10), 1e30)
+    g[1] = -1e30
+    passed = rules.one_pass(g, chunk=4)
+    assert torch.isfinite(passed.gram).all() and passed.gram[0, 1].item() == pytest.approx(-1e61)
