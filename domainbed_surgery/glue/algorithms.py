@@ -14,6 +14,7 @@ update per step from the mean of the per-domain batch statistics
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import warnings
 from typing import ClassVar, Optional
@@ -126,27 +127,34 @@ class GradientSurgery(ERM):
         """Fill the buffer with one loss gradient per minibatch; return it and the losses.
 
         Each backward starts with ``.grad`` unset, so autograd stores each gradient as it
-        computes it (no accumulation), and one multi-tensor copy moves them into the
-        domain's row: one write of the row, without zeroing it first or reading it back.
+        computes it (no accumulation); a post-accumulate hook copies it into the domain's
+        row at once, while it is in cache, and unsets it: one write of the row, without
+        zeroing it first or reading it back.
         """
         grads = self._prepare(len(minibatches))
         losses = []
-        for row, (x, y) in zip(self._rows, minibatches):
-            for p in self._params:
-                p.grad = None
-            loss = F.cross_entropy(self.predict(x), y)
-            loss.backward()
-            used = [(g, p.grad) for p, g in zip(self._params, row) if p.grad is not None]
-            if used:
-                torch._foreach_copy_([g for g, _ in used], [d for _, d in used])
-            if len(used) < len(row):  # parameters this loss does not reach: zero gradient
-                seen = {id(g) for g, _ in used}
-                for g in row:
-                    if id(g) not in seen:
-                        g.zero_()
-            losses.append(loss.detach())
+        stored: set[int] = set()  # indices of the parameters whose row slice is written
+
+        def store(k: int, p: torch.nn.Parameter) -> None:
+            row[k].copy_(p.grad)  # the gradient autograd just stored, still in cache
+            p.grad = None
+            stored.add(k)
+
         for p in self._params:
             p.grad = None
+        hooks = [p.register_post_accumulate_grad_hook(functools.partial(store, k))
+                 for k, p in enumerate(self._params)]
+        try:
+            for row, (x, y) in zip(self._rows, minibatches):
+                stored.clear()
+                loss = F.cross_entropy(self.predict(x), y)
+                loss.backward()
+                for k in set(range(len(row))) - stored:  # not reached by this loss: zero
+                    row[k].zero_()
+                losses.append(loss.detach())
+        finally:
+            for hook in hooks:
+                hook.remove()
         return grads, torch.stack(losses)
 
     def gradient_batches(self, minibatches) -> list:
