@@ -61,7 +61,7 @@ def surgery_rules() -> dict:
 
 
 def common_hparams(dataset: str) -> tuple[HParam, ...]:
-    """For every algorithm, ours and DomainBed's (see domainbed_surgery.backbones)."""
+    """For every algorithm, ours and DomainBed's (see domainbed_surgery.glue.backbones)."""
     backbone = DATASET_BACKBONES.get(dataset)
     pretrained = DATASET_PRETRAINED.get(dataset, True)
     return (HParam("backbone", backbone, lambda r: backbone),
