@@ -62,23 +62,36 @@ def test_autoregister_off_then_our_entry_point(domainbed, subprocess_env, tmp_pa
 
 
 def test_sweep_and_collect_results_show_our_rows(domainbed, subprocess_env, tmp_path):
+    """A sweep (two targets) and DomainBed's collect_results with ERM, AgrSum and (when
+    TorchJD is installed) one of TorchJD's rules, UPGrad; our report shows the same columns."""
+    from domainbed_surgery import rules
+
+    ours = ["AgrSum"] + (["UPGrad"] if "UPGrad" in rules.names() else [])
     sweep = tmp_path / "sweep"
-    out = run(["domainbed.scripts.sweep", "launch", "--datasets", "RotatedDigits",
-               "--algorithms", "ERM", "AgrSum", "--n_hparams", "1", "--n_trials", "1",
-               "--single_test_envs", "--steps", "2", "--hparams", TINY,
+    out = run(["domainbed_surgery.scripts.sweep", "launch", "--datasets", "RotatedDigits",
+               "--algorithms", "ERM", *ours, "--n_hparams", "1", "--n_trials", "1",
+               "--single_test_envs", "--test_envs", "0", "1", "--steps", "2", "--hparams", TINY,
                "--data_dir", str(tmp_path), "--output_dir", str(sweep),
                "--command_launcher", "local", "--skip_confirmation"], subprocess_env, tmp_path)
-    assert "Launched 8 jobs" in out
-    assert len(list(sweep.glob("*/done"))) == 8
+    n_jobs = 2 * (1 + len(ours))
+    assert f"Launched {n_jobs} jobs" in out
+    assert len(list(sweep.glob("*/done"))) == n_jobs
     table = run(["domainbed.scripts.collect_results", "--input_dir", str(sweep)],
                 subprocess_env, tmp_path)
     assert "Dataset: RotatedDigits" in table
-    rows = [line.split() for line in table.splitlines() if line.startswith(("ERM ", "AgrSum "))]
+    names = ["ERM", *ours]
+    rows = [line.split() for line in table.splitlines() if line.split()[:1] and
+            line.split()[0] in names]
     # per selection method: a dataset row and an averages row for each algorithm
-    assert sum(r[0] == "AgrSum" for r in rows) == 6 and sum(r[0] == "ERM" for r in rows) == 6
-    # training-domain validation (the first table) has a number in every cell; DomainBed's
-    # leave-one-domain-out selection needs two-test-env runs, so it prints X here
-    assert "X" not in rows[0] and "X" not in rows[1]
+    assert all(sum(r[0] == name for r in rows) == 6 for name in names)
+    # training-domain validation (the first table): a number for targets 0 and 1 ("acc +/-
+    # err"), X for the targets not run and the average
+    for r in rows[:len(names)]:
+        assert r[2] == r[5] == "+/-" and r[7:] == ["X", "X", "X"], r
+    report = run(["domainbed_surgery.scripts.report", "--input_dir", str(sweep),
+                  "--no_figures"], subprocess_env, tmp_path)
+    header = next(line for line in report.splitlines() if line.startswith("Target"))
+    assert header.split() == ["Target", *names]
 
 
 def test_our_sweep_adds_checkpoint_freq_to_every_job(domainbed, subprocess_env, tmp_path):
