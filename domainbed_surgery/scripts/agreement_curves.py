@@ -52,7 +52,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def load(input_dir: str) -> list:
     """All records under ``input_dir`` (registers our names first; a broken line is skipped
-    with a warning naming file and line, see :mod:`domainbed_surgery.records`)."""
+    with a warning naming file and line, see :mod:`domainbed_surgery.report.records`)."""
     import domainbed_surgery  # noqa: PLC0415
     from ..report import records  # noqa: PLC0415
 

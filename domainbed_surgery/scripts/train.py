@@ -2,7 +2,7 @@
 
 Before training it stops on a ``--test_envs`` index that is not an environment of the
 dataset, or that leaves no training domain, and warns about ``--hparams`` keys that
-nothing defines for the algorithm and dataset (see :mod:`._checks`); DomainBed's own
+nothing defines for the algorithm and dataset (see :mod:`..glue.checks`); DomainBed's own
 script takes all three silently.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..glue import checks as _checks
+from ..glue import checks
 from ..plugin.forward import forward
 from ..plugin.registration import register
 
 
 def check(argv) -> None:
-    """Run :mod:`._checks` on the train arguments ``argv`` (DomainBed's defaults where absent)."""
+    """Run :mod:`..glue.checks` on the train arguments ``argv`` (DomainBed's defaults where absent)."""
     parser = argparse.ArgumentParser(prog="python -m domainbed_surgery.scripts.train",
                                      add_help=False)
     parser.add_argument("--dataset", default="RotatedMNIST")
@@ -26,8 +26,8 @@ def check(argv) -> None:
     parser.add_argument("--hparams", default=None)
     args, _ = parser.parse_known_args(argv)
     register()
-    _checks.check_test_envs(args.dataset, args.test_envs)
-    _checks.warn_unknown_hparams(_checks.parse_hparams(args.hparams),
+    checks.check_test_envs(args.dataset, args.test_envs)
+    checks.warn_unknown_hparams(checks.parse_hparams(args.hparams),
                                  [(args.algorithm, args.dataset)])
 
 
