@@ -409,3 +409,25 @@ def test_runs_side_by_side_by_hparam(tmp_path):
     assert got[("16", "AgrSum")].agreement == pytest.approx(0.3)  # mean over checkpoints
     assert got[("16", "AgrSum")].cosine == pytest.approx(0.15)
     assert math.isnan(got[("16", "ERM")].agreement)
+
+
+def test_gradient_similarity_summary_and_redraw(tmp_path, capsys):
+    """The per-choice summary from a CSV: means, difference and share of steps with intra
+    above inter, known by hand; --from_csv redraws figure and summary without training."""
+    from domainbed_surgery.analysis import gradient_similarity as gs
+    from domainbed_surgery.scripts import gradient_similarity as cli
+
+    rows = [{"dataset": "PACS32", "test_envs": "3", "source_domains": "A+C+P", "step": s,
+             "class": 0, "intra": i, "inter": e, "n_intra": 9, "n_inter": 27,
+             "n_per_domain": "3/3/3", "train_loss": 1.0}
+            for s, i, e in [(0, 0.5, 0.4), (10, 0.3, 0.4), (20, 0.7, 0.4)]]
+    import pandas as pd
+
+    csv_path = tmp_path / "in.csv"
+    pd.DataFrame(rows, columns=gs.COLUMNS).to_csv(csv_path, index=False)
+    assert cli.main(["--from_csv", str(csv_path), "--output_dir", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / gs.SUMMARY_NAME).read_text()
+    assert "| PACS32 | 3 | A, C, P | 3 | 0.500 | 0.400 | +0.100 | 67% |" in text
+    assert (tmp_path / "out" / "gradient_similarity.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--steps", "3"])  # neither --dataset nor --from_csv

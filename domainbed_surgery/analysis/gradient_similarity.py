@@ -232,7 +232,56 @@ def run(args) -> int:
     with open(os.path.join(args.output_dir, "gradient_similarity_args.json"), "w") as f:
         json.dump({"args": vars(args), "hparams": hparams, "device": device}, f, indent=2,
                   default=str)
-    summary = frame.groupby("source_domains", sort=False)[["intra", "inter"]].mean()
-    print("mean over measured steps:\n" + summary.to_string(float_format="%.4f"))
-    print(f"wrote {csv_path}, " + ", ".join(figures))
+    written = write_summary(frame, args.output_dir)
+    print(f"wrote {csv_path}, " + ", ".join(figures + written))
+    return 0
+
+
+SUMMARY_NAME = "gradient_similarity_summary.md"
+
+
+def summarize(frame) -> "pd.DataFrame":
+    """Per held-out choice: steps measured, mean intra- and inter-domain cosine over them,
+    their difference, and the fraction of measured steps where intra > inter."""
+    import pandas as pd  # noqa: PLC0415
+
+    rows = []
+    for (dataset, test_envs, sources), g in frame.groupby(
+            ["dataset", "test_envs", "source_domains"], sort=False):
+        rows.append({"dataset": dataset, "held_out": str(test_envs), "sources": sources,
+                     "steps": len(g), "intra": g["intra"].mean(), "inter": g["inter"].mean(),
+                     "intra_minus_inter": (g["intra"] - g["inter"]).mean(),
+                     "intra_above": float((g["intra"] > g["inter"]).mean())})
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(summary) -> str:
+    """The :func:`summarize` table as Markdown (cosines to 3 decimals)."""
+    lines = ["| dataset | held out | sources | steps measured | intra | inter | intra - inter "
+             "| steps with intra > inter |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in summary.itertuples(index=False):
+        lines.append(f"| {r.dataset} | {r.held_out} | {r.sources.replace('+', ', ')} | "
+                     f"{r.steps} | {r.intra:.3f} | {r.inter:.3f} | {r.intra_minus_inter:+.3f} "
+                     f"| {r.intra_above:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(frame, output_dir: str) -> list[str]:
+    """Print the per-choice summary and write it as Markdown; return the path written."""
+    summary = summarize(frame)
+    print("mean over measured steps:\n" + summary.to_string(index=False, float_format="%.4f"))
+    path = os.path.join(output_dir, SUMMARY_NAME)
+    with open(path, "w") as f:
+        f.write(summary_markdown(summary))
+    return [path]
+
+
+def redraw(csv_path: str, output_dir: str) -> int:
+    """The figure and the summary again from a CSV this module wrote (no training)."""
+    import pandas as pd  # noqa: PLC0415
+
+    frame = pd.read_csv(csv_path, dtype={"test_envs": str})
+    os.makedirs(output_dir, exist_ok=True)
+    written = plot(frame, os.path.join(output_dir, FIG_NAME)) + write_summary(frame, output_dir)
+    print("wrote " + ", ".join(written))
     return 0

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         sys.exit(f"error: no single-test-env run under {args.input_dir} matches")
     out = Path(args.output_dir) if args.output_dir else Path(args.input_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / f"by_{args.hparam}.csv", index=False, float_format="%.6g")
+    frame.to_csv(out / f"by_{args.hparam}.csv", index=False, float_format="%.10g")
     table = frame.drop(columns=["hparam"]).rename(columns={"value": args.hparam})
     (out / f"by_{args.hparam}.md").write_text(markdown(table))
     print(table.to_string(index=False, float_format="%.3f"))

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ..analysis.gradient_similarity import run
+from ..analysis.gradient_similarity import redraw, run
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -20,7 +20,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         prog="python -m domainbed_surgery.scripts.gradient_similarity",
         description="Intra- vs inter-domain per-sample gradient cosine during ERM training "
                     "(Mansilla et al. 2021, Sec. 4.3 / Fig. 2).")
-    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--dataset", default=None, help="required unless --from_csv")
+    parser.add_argument("--from_csv", default=None,
+                        help="redraw the figure and the summary from this CSV (no training)")
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--test_envs", action="append", nargs="+", default=None,
                         help="held-out choices: each value is one run, '0' or '0,1'; "
@@ -39,6 +41,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--output_dir", default="gradient_similarity_output")
     args = parser.parse_args(argv)
+    if args.dataset is None and args.from_csv is None:
+        parser.error("--dataset is required (or --from_csv to redraw without training)")
     for name in ("every", "per_domain", "chunk_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
@@ -48,7 +52,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    return redraw(args.from_csv, args.output_dir) if args.from_csv else run(args)
 
 
 if __name__ == "__main__":

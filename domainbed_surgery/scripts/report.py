@@ -62,7 +62,7 @@ def main(argv=None) -> list[Path]:
         method = rep.selection_method(key)
         per_trial = rep.per_trial_accuracies(records, method)
         path = out_dir / f"per_trial_{key}.csv"
-        per_trial.assign(selection=method.name).to_csv(path, index=False, float_format="%.6g")
+        per_trial.assign(selection=method.name).to_csv(path, index=False, float_format="%.10g")
         written.append(path)
         if per_trial.empty:
             print(f"\n-------- model selection: {method.name}\n"
