@@ -133,8 +133,10 @@ def test_single_domain_is_plain_gradient_with_one_warning(domainbed, digits_batc
     assert set(out) == {"loss", "agreement"}
 
 
-def test_non_finite_domain_gradient_raises_and_leaves_weights(domainbed, digits_batches):
-    alg = make(domainbed, "PCGrad")
+@pytest.mark.parametrize("algorithm", rules.names())
+def test_non_finite_domain_gradient_raises_and_leaves_weights(domainbed, digits_batches,
+                                                              algorithm):
+    alg = make(domainbed, algorithm)
     before = [p.detach().clone() for p in alg.network.parameters()]
     x, y = digits_batches[1]
     bad = (torch.full_like(x, float("nan")), y)

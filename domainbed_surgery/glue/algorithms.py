@@ -32,11 +32,11 @@ from .hparams import SURGERY_BATCHES, SURGERY_REDUCTIONS
 class GradientSurgery(ERM):
     """ERM trained on a surgery-combined update of the per-domain gradients.
 
-    Subclasses set :attr:`rule_class`; the instance's :attr:`rule` is configured from
-    the hparams (and keeps the rule's state across steps). ``update`` returns ``loss`` (mean of the domain
-    losses), ``agreement`` (fraction of parameters on which all domain gradients
-    agree in sign, Eq. 2) and ``cosine`` (mean pairwise cosine similarity of the
-    domain gradients; absent when no pair has one, e.g. with a single domain);
+    Subclasses set :attr:`rule_class`; the instance's :attr:`rule` is configured from the
+    hparams (and keeps the rule's state across steps). ``update`` returns ``loss`` (mean
+    of the domain losses), ``agreement`` (fraction of parameters on which all domain
+    gradients agree in sign, Eq. 2) and ``cosine`` (mean pairwise cosine similarity of
+    the domain gradients; absent when no pair has one, e.g. with a single domain);
     DomainBed logs them to ``results.jsonl``.
 
     hparam ``surgery_batches``: "multi" (default) combines one gradient per source
@@ -136,7 +136,9 @@ class GradientSurgery(ERM):
         stored: set[int] = set()  # indices of the parameters whose row slice is written
 
         def store(k: int, p: torch.nn.Parameter) -> None:
-            row[k].copy_(p.grad)  # the gradient autograd just stored, still in cache
+            # ``row``: the current domain's row (the loop below); ``p.grad`` the gradient
+            # autograd just stored, still in cache
+            row[k].copy_(p.grad)
             p.grad = None
             stored.add(k)
 
@@ -182,7 +184,6 @@ class GradientSurgery(ERM):
         rule, n = self.rule, grads.shape[0]
         combined, passed = rules.combine_in_one_pass(
             rule, grads, self._rng(rule.generator_device(grads)), out=self._combined)
-        _check_finite(passed.gram, grads)
         if combined is not self._combined:
             self._combined.copy_(combined)
         if n > 1 and self.surgery_reduction != rule.native_scale:
@@ -223,18 +224,6 @@ class GradientSurgery(ERM):
 
 def _views(flat: Tensor, params, sizes) -> list[Tensor]:
     return [chunk.view_as(p) for chunk, p in zip(flat.split(sizes), params)]
-
-
-def _check_finite(gram: Tensor, grads: Tensor) -> None:
-    """Raise if a domain gradient is not finite (its squared norm, on the diagonal, is not:
-    :func:`~..rules.one_pass` has already recomputed a float32 overflow in float64)."""
-    if bool(torch.isfinite(gram.diagonal()).all()):
-        return
-    finite = torch.isfinite(grads).all(dim=1).tolist()
-    bad = [i for i, ok in enumerate(finite) if not ok]
-    raise FloatingPointError(
-        f"non-finite gradient in training domain(s) {bad} (position among this step's "
-        f"{len(finite)} training minibatches); no update was applied")
 
 
 def algorithm_class(rule_class: type[rules.Rule]) -> type[GradientSurgery]:

@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 
 from .base import (CHUNK, REGISTRY, GramianRule, HParam, OnePass, Rule, RuleUnavailable,
-                   agreement_mask, check_grads, column_chunks, combine_in_one_pass, gram_matrix,
+                   agreement_mask, check_finite_rows, check_grads, column_chunks, combine_in_one_pass, gram_matrix,
                    one_pass,
                    pairwise_cosine)
 
@@ -38,4 +38,4 @@ def get(name: str) -> type[Rule]:
 
 __all__ = ["REGISTRY", "Rule", "GramianRule", "HParam", "RuleUnavailable", "names", "get",
            "agreement_mask", "gram_matrix", "one_pass", "combine_in_one_pass", "OnePass", "column_chunks", "CHUNK",
-           "pairwise_cosine", "check_grads"]
+           "pairwise_cosine", "check_grads", "check_finite_rows"]

@@ -27,7 +27,7 @@ from torch import Tensor
 __all__ = [
     "HParam", "Rule", "GramianRule", "REGISTRY", "RuleUnavailable", "OnePass", "CHUNK",
     "agreement_mask", "gram_matrix", "one_pass", "combine_in_one_pass", "column_chunks",
-    "pairwise_cosine",
+    "pairwise_cosine", "check_finite_rows",
     "check_grads",
 ]
 
@@ -348,12 +348,29 @@ def combine_in_one_pass(rule: "Rule", grads: Tensor, generator: Optional[torch.G
     the rule (bitwise for Agr-Sum and the Gramian rules; Agr-Rand draws its noise for the
     conflicting components only, so its noise differs but not its distribution).
     """
-    if rule.elementwise and grads.shape[0] > 1:  # (N = 1: the call returns the gradient)
+    fused = rule.elementwise and grads.shape[0] > 1  # (N = 1: the call returns the gradient)
+    if fused:
         out = grads.new_empty(grads.shape[1]) if out is None else out
-        passed = one_pass(grads, rule, out=out)
+    passed = one_pass(grads, rule if fused else None, out=out)
+    check_finite_rows(passed.gram, grads)
+    if fused:
         return rule.finish(out, passed.partial, passed.n_agree, generator), passed
-    passed = one_pass(grads)
     return rule(grads, generator, gram=passed.gram, out=out), passed
+
+
+def check_finite_rows(gram: Tensor, grads: Tensor) -> None:
+    """Raise ``FloatingPointError`` naming the rows of ``grads`` that are not finite.
+
+    A row is finite iff its squared norm, on the Gram diagonal, is (:func:`gram_matrix`
+    has already recomputed a float32 overflow in float64), so the rows are read only then.
+    """
+    if bool(torch.isfinite(gram.diagonal()).all()):
+        return
+    finite = torch.isfinite(grads).all(dim=1).tolist()
+    bad = [i for i, ok in enumerate(finite) if not ok]
+    raise FloatingPointError(
+        f"non-finite gradient in training domain(s) {bad} (position among this step's "
+        f"{len(finite)} training minibatches); no update was applied")
 
 
 def pairwise_cosine(gram: Tensor) -> Tensor:
