@@ -240,7 +240,7 @@ def run(args) -> int:
 SUMMARY_NAME = "gradient_similarity_summary.md"
 
 
-def summarize(frame) -> "pd.DataFrame":
+def summarize(frame):
     """Per held-out choice: steps measured, mean intra- and inter-domain cosine over them,
     their difference, and the fraction of measured steps where intra > inter."""
     import pandas as pd  # noqa: PLC0415
