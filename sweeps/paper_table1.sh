@@ -22,7 +22,7 @@
 #
 # Usage: DATA_DIR=/path/to/domainbed/data bash sweeps/paper_table1.sh
 # (8 algorithms x 3 datasets x 4 targets x 20 trials = 1920 jobs: use a GPU cluster,
-#  e.g. LAUNCHER=slurm DOMAINBED_SLURM_PARTITION=...; see domainbed_surgery/launchers.py)
+#  e.g. LAUNCHER=slurm DOMAINBED_SLURM_PARTITION=...; see domainbed_surgery/launch/launchers.py)
 set -euo pipefail
 OUT=${OUT:-outputs/paper_table1}
 python -m domainbed_surgery.scripts.sweep launch \
