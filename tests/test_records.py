@@ -100,3 +100,16 @@ def test_our_collect_results_skips_bad_line(domainbed, sweep, subprocess_env, tm
                             "--input_dir", str(sweep)], env=subprocess_env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=300)
     assert plain.returncode != 0 and "JSONDecodeError" in plain.stderr
+
+
+def test_loader_warns_about_runs_without_done(domainbed, sweep, capsys):
+    """A table made mid-sweep uses the partial records (as DomainBed does) and says so."""
+    from domainbed_surgery.report import records as rec
+
+    rec.load_records(sweep)
+    assert "no 'done' file" not in capsys.readouterr().err
+    (sweep / "t1" / "done").unlink()
+    records = rec.load_records(sweep)
+    assert len(records) == 8  # still every record, as DomainBed's loader
+    err = capsys.readouterr().err
+    assert "1 run(s)" in err and "no 'done' file" in err and "t1" in err

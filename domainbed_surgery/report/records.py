@@ -3,7 +3,9 @@
 DomainBed's ``reporting.load_records`` stops with a bare ``JSONDecodeError`` (naming no
 file) at the first line it cannot parse, typically the last line of a job killed while
 writing. :func:`load_records` reads the same files into the same ``Q`` of records, but
-skips such a line with a warning on stderr that names the file and the line number.
+skips such a line with a warning on stderr that names the file and the line number,
+and warns about runs without a ``done`` file (their partial records are used, as
+DomainBed does, so a table made mid-sweep says so).
 Our ``report``, ``agreement_curves`` and ``collect_results`` entry points use it
 (the last via :func:`install`); DomainBed's own scripts are left as they are.
 """
@@ -45,11 +47,19 @@ def load_records(path: PathLike):
     locate.ensure_importable()
     from domainbed.lib.query import Q  # noqa: PLC0415 - DomainBed is optional at import
 
-    records = []
+    records, unfinished = [], []
     for name in sorted(os.listdir(path)):
         results = os.path.join(path, name, "results.jsonl")
         if os.path.isfile(results):
             records.extend(read_results_file(results))
+            if not os.path.exists(os.path.join(path, name, "done")):
+                unfinished.append(name)
+    if unfinished:
+        print(f"warning: {len(unfinished)} run(s) in {path} have no 'done' file (still "
+              f"running, or stopped): {', '.join(unfinished[:5])}"
+              f"{', ...' if len(unfinished) > 5 else ''}. Their records so far are used, as "
+              "DomainBed's collect_results does; the numbers can change when they finish.",
+              file=sys.stderr)
     return Q(records)
 
 
