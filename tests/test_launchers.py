@@ -116,8 +116,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.fixture
+def sigint_handled():
+    """Ctrl-C as a terminal delivers it: a suite started as ``nohup ... &`` inherits an
+    ignored SIGINT, and then ``_thread.interrupt_main`` (our simulated Ctrl-C) does nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_keyboard_interrupt_kills_children_and_leaves_jobs_incomplete(tmp_path, cpu_env,
-                                                                      monkeypatch):
+                                                                      monkeypatch, sigint_handled):
     monkeypatch.setenv("DOMAINBED_PARALLEL_KILL_GRACE", "2")
     cmds = []
     for i in range(3):  # 2 run, 1 waits
@@ -153,7 +164,7 @@ def test_keyboard_interrupt_kills_children_and_leaves_jobs_incomplete(tmp_path, 
     assert not (tmp_path / "job2" / "pid").exists()  # the queued job never started
 
 
-def test_interrupted_job_is_incomplete_for_domainbed_sweep(tmp_path, cpu_env):
+def test_interrupted_job_is_incomplete_for_domainbed_sweep(tmp_path, cpu_env, sigint_handled):
     """DomainBed's own Job sees an interrupted job as Incomplete (so delete_incomplete works)."""
     sweep = pytest.importorskip("domainbed.scripts.sweep")
     args = {"dataset": "RotatedDigits", "algorithm": "ERM", "test_envs": [0],

@@ -531,7 +531,7 @@ def slurm_launcher(commands: Sequence[str], *, cluster: Optional[str] = None,
     params = slurm_parameters()
     executor.update_parameters(**params)
     jobs: list = []
-    with _StopSignals() as stop_signals:
+    with _sigint_not_ignored(cluster == "local"), _StopSignals() as stop_signals:
         try:
             if cluster == "local":
                 limit = params["slurm_array_parallelism"]
@@ -557,13 +557,28 @@ def slurm_launcher(commands: Sequence[str], *, cluster: Optional[str] = None,
     return jobs
 
 
+@contextlib.contextmanager
+def _sigint_not_ignored(active: bool) -> Iterator[None]:
+    """Run with SIGINT handled by Python if it was ignored (a sweep started as ``nohup ... &``
+    inherits an ignored SIGINT): submitit's local executor stops its jobs with SIGINT, and
+    its processes inherit an ignored SIGINT, so they would outlive a cancel."""
+    if not active or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _cancel_local(jobs: list) -> None:
     """Stop the unfinished jobs of submitit's local executor (their process trees included)."""
     unfinished = [job for job in jobs if not job.done()]
     print(f"\nslurm launcher: stopping {len(unfinished)} running local job(s); nothing was "
           "marked done.", file=sys.stderr)
     for job in unfinished:
-        job.cancel()
+        job.cancel()  # submitit's way: SIGINT to the job's controller process
 
 
 def _wait_and_report(commands: list[str], jobs: list) -> None:
