@@ -70,7 +70,7 @@ def test_our_hparams_are_ERMs_plus_our_keys(domainbed, algorithm):
 
     original = hparams_registry._hparams.__wrapped__  # DomainBed's own function
     ours = {"backbone", "pretrained", "surgery_batches", "surgery_layer_agreement",
-            "surgery_reduction"}
+            "surgery_reduction"} | {hp.name for hp in rules.get(algorithm).hparams}
     for dataset, seed in itertools.product(DATASETS, (0, 1, 7, 12345)):
         erm = {k: (d, r) for k, (d, r) in original("ERM", dataset, seed).items()}
         got = hparams_registry._hparams(algorithm, dataset, seed)
@@ -82,6 +82,9 @@ def test_our_hparams_are_ERMs_plus_our_keys(domainbed, algorithm):
     erm_random = {k: r for k, (d, r) in original("ERM", "PACS", misc.seed_hash(3, 0)).items()}
     assert {k: random[k] for k in erm_random} == erm_random
     assert random["surgery_reduction"] == "sum"  # fixed: never part of the search
+    if algorithm == "PCGrad":  # the authors' order, also fixed
+        assert hparams_registry.default_hparams(algorithm, "PACS")["pcgrad_order"] == "shared"
+        assert random["pcgrad_order"] == "shared"
 
 
 @pytest.mark.parametrize("algorithm", ("ERM", "IRM", "MLDG", "Mixup", "GroupDRO", "Fish", "Fishr"))

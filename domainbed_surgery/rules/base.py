@@ -38,7 +38,8 @@ class HParam:
 
     ``name`` is the key in DomainBed's hparams (prefixed by the rule, like DomainBed's
     ``irm_lambda``); ``arg`` the rule's constructor keyword; ``sample`` draws the random
-    search value from a ``numpy.random.RandomState`` (DomainBed seeds one per hparam name).
+    search value from a ``numpy.random.RandomState`` (DomainBed seeds one per hparam name);
+    ``choices``, if given, are the only values the rule accepts.
     """
 
     name: str
@@ -46,6 +47,7 @@ class HParam:
     sample: Callable[[Any], Any]
     arg: str
     doc: str = ""
+    choices: tuple = ()
 
 
 class RuleUnavailable(ImportError):
@@ -103,6 +105,10 @@ class Rule(ABC):
             raise TypeError(f"{type(self).__name__} got unknown argument(s) {unknown}; "
                             f"it takes {sorted(known)}")
         self.config = {arg: kwargs.get(arg, hp.default) for arg, hp in known.items()}
+        for arg, hp in known.items():
+            if hp.choices and self.config[arg] not in hp.choices:
+                raise ValueError(f"{self.name}: hparam {hp.name} must be one of "
+                                 f"{list(hp.choices)}, got {self.config[arg]!r}")
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any]) -> "Rule":

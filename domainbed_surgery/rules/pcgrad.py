@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .base import GramianRule
+from .base import GramianRule, HParam
+
+Orders = list[list[int]]
 
 
 def pcgrad_weights(gram: Tensor, orders: Sequence[Sequence[int]]) -> Tensor:
@@ -32,8 +34,21 @@ def pcgrad_weights(gram: Tensor, orders: Sequence[Sequence[int]]) -> Tensor:
     return coeffs.sum(dim=0)
 
 
-def random_orders(n: int, generator: Optional[torch.Generator]) -> list[list[int]]:
-    """For each domain, the other domains in a random order (one permutation each)."""
+def shared_order(n: int, generator: Optional[torch.Generator]) -> Orders:
+    """The authors' orders (DGvGS ``src/gradient.py``): ONE random permutation of the
+    domains, and every domain visits the others in that permutation's order.
+
+    At most N! distinct visit plans (6 for N = 3).
+    """
+    perm = torch.randperm(n, generator=generator).tolist()
+    return [[j for j in perm if j != i] for i in range(n)]
+
+
+def independent_orders(n: int, generator: Optional[torch.Generator]) -> Orders:
+    """Yu et al.'s orders: each domain visits the others in its own random permutation.
+
+    ((N-1)!)^N visit plans (8 for N = 3), some of which the authors' code never makes.
+    """
     orders = []
     for i in range(n):
         others = [j for j in range(n) if j != i]
@@ -42,20 +57,32 @@ def random_orders(n: int, generator: Optional[torch.Generator]) -> list[list[int
     return orders
 
 
+#: ``pcgrad_order`` values -> how the visit orders are drawn each step.
+ORDERS: dict[str, Callable[[int, Optional[torch.Generator]], Orders]] = {
+    "shared": shared_order,
+    "independent": independent_orders,
+}
+
+
 class PCGrad(GramianRule):
     """Project each domain gradient off every *original* other one it conflicts with, then sum.
 
     Each ``g^(i)`` is projected in turn onto the normal plane of every other-domain
     gradient ``g^(j)`` with ``<g^(i), g^(j)> < 0`` (``g^(i)`` already projected, ``g^(j)``
-    original), the others visited in a random order per domain drawn from the (CPU)
-    generator; the projected gradients are summed. A zero ``g^(j)`` is skipped, so
-    nothing divides by zero.
+    original); the projected gradients are summed. The visit order is drawn each step from
+    the (CPU) generator: ``order="shared"`` (default) is the authors' code, one permutation
+    that every domain follows; ``"independent"`` is Yu et al.'s, one permutation per
+    domain. A zero ``g^(j)`` is skipped, so nothing divides by zero.
     """
 
     name = "PCGrad"
     rank = 2
     summary = "each domain gradient projected off the conflicting others, then summed (Eq. 5)"
     randomized = True
+    hparams = (HParam("pcgrad_order", "shared", lambda r: "shared", "order",
+                      "visit order of the other domains: 'shared' (one permutation per step, "
+                      "the authors' code) or 'independent' (one per domain, Yu et al.)",
+                      choices=tuple(ORDERS)),)
 
     def weights(self, gram, generator):
-        return pcgrad_weights(gram, random_orders(gram.shape[0], generator))
+        return pcgrad_weights(gram, ORDERS[self.config["order"]](gram.shape[0], generator))

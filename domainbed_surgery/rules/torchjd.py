@@ -190,7 +190,7 @@ class AlignedMTL(TorchJDRule):
     native_scale = "mean"
     hparams = (HParam("alignedmtl_scale_mode", "min",
                       lambda r: str(r.choice(["min", "median", "rmse"])), "scale_mode",
-                      "which singular value sets the scale"),)
+                      "which singular value sets the scale", choices=("min", "median", "rmse")),)
 
 
 class GradVac(TorchJDRule):
