@@ -22,9 +22,10 @@ def test_registered_names_and_classes(domainbed):
     assert datasets.num_environments("RotatedDigits") == 4
     assert "RotatedDigits" in datasets.DATASETS
     reg = registration.registered()
-    assert reg["algorithms"] == ["Fishr", *rules.names()] and reg["datasets"] == ["RotatedDigits", "PACS64", "PACS32"]
+    assert reg["algorithms"] == ["Fishr", *rules.names()] and reg["datasets"] == ["RotatedDigits", "PACS64", "PACS32",
+                                                                             "PACS128"]
     assert rules.names()[:3] == list(OURS)  # the paper's first
-    assert reg["backbones"] == ["alexnet", "mnist_cnn", "resnet18", "resnet50"]
+    assert reg["backbones"] == ["alexnet", "efficientnet_lite0", "mnist_cnn", "resnet18", "resnet50"]
 
 
 def test_register_twice_changes_nothing(domainbed):
@@ -69,7 +70,7 @@ def test_our_hparams_are_ERMs_plus_our_keys(domainbed, algorithm):
     from domainbed.lib import misc
 
     original = hparams_registry._hparams.__wrapped__  # DomainBed's own function
-    ours = {"backbone", "pretrained", "surgery_batches", "surgery_layer_agreement",
+    ours = {"backbone", "pretrained", "frozen_prefix", "surgery_batches", "surgery_layer_agreement",
             "surgery_reduction"} | {hp.name for hp in rules.get(algorithm).hparams}
     for dataset, seed in itertools.product(DATASETS, (0, 1, 7, 12345)):
         erm = {k: (d, r) for k, (d, r) in original("ERM", dataset, seed).items()}
@@ -96,8 +97,9 @@ def test_baselines_keep_their_hparams_and_gain_backbone(domainbed, algorithm):
         base = original(algorithm, "PACS", seed)
         got = hparams_registry._hparams(algorithm, "PACS", seed)
         assert {k: got[k] for k in base} == base
-        assert set(got) - set(base) == {"backbone", "pretrained"}
+        assert set(got) - set(base) == {"backbone", "pretrained", "frozen_prefix"}
         assert got["backbone"] == (None, None) and got["pretrained"] == (True, True)
+        assert got["frozen_prefix"] == (None, None)
 
 
 def test_rotated_digits_uses_rotated_mnist_hparams(domainbed):

@@ -25,6 +25,7 @@ from domainbed.algorithms import ERM
 from torch import Tensor
 
 from .. import rules
+from . import run_facts
 from .batchnorm import PooledBatchNormStats
 from .hparams import SURGERY_BATCHES, SURGERY_REDUCTIONS
 
@@ -85,6 +86,9 @@ class GradientSurgery(ERM):
                              f"got {self.surgery_reduction!r}")
         self._recent: dict[int, collections.deque] = {}  # "single" arm: domain -> batches
         self.layer_agreement = bool(hparams.get("surgery_layer_agreement", False))
+        run_facts.record("algorithm", {
+            "rule": rule.name, "rule_config": dict(rule.config), "native_scale": rule.native_scale,
+            "surgery_reduction": self.surgery_reduction, "surgery_batches": self.surgery_batches})
 
     # -- buffers -------------------------------------------------------------
     def _trainable(self) -> tuple[torch.nn.Parameter, ...]:

@@ -23,6 +23,8 @@ import torch
 import torchvision
 from torch import nn
 
+from . import run_facts
+
 __all__ = ["BACKBONES", "build", "AlexNetFeaturizer", "ResNetFeaturizer", "PretrainedWeightsError",
            "Weights", "weights_for", "domainbed_resnet", "describe", "describe_domainbed"]
 
@@ -61,8 +63,20 @@ TORCHVISION_V1 = {
 
 
 def _flag(hparams: Mapping, key: str, default: bool = True) -> bool:
-    """A boolean hparam, DomainBed's default (true) when absent."""
-    return bool(hparams.get(key, default))
+    """A boolean hparam, DomainBed's default (true) when absent.
+
+    Only JSON booleans (and 0/1) are accepted: ``bool("false")`` is true, so a quoted
+    ``"pretrained": "false"`` would load ImageNet weights while out.txt says false.
+    """
+    value = hparams.get(key, default)
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"hparam {key} must be true or false (a JSON boolean), got {value!r}")
+
+
+def pretrained_flag(hparams: Mapping) -> bool:
+    """The ``pretrained`` hparam (default true), checked to be a boolean."""
+    return _flag(hparams, "pretrained")
 
 
 def weights_for(name: str, hparams: Mapping) -> Optional[Weights]:
@@ -101,26 +115,59 @@ def describe(name: str, hparams: Mapping) -> str:
 
 def describe_domainbed(featurizer: nn.Module, hparams: Mapping) -> str:
     """One line for ``out.txt``: DomainBed's own featurizer (no ``backbone`` hparam) and its weights."""
+    found = domainbed_facts(featurizer, hparams)
+    why = ""
+    if type(featurizer).__name__ == "ResNet":
+        why = (f" (hparams resnet18={str(bool(hparams['resnet18'])).lower()}, "
+               f"resnet50_augmix={str(bool(hparams['resnet50_augmix'])).lower()})")
+    weights = found["weights"] if found["weights"] == "random init" else f"{found['weights']} weights"
+    extra = " (no pretrained weights)" if found["weights"] == "random init" else ""
+    return f"featurizer: {found['backbone']}: {weights}{extra}{why}"
+
+
+def domainbed_facts(featurizer: nn.Module, hparams: Mapping) -> dict:
+    """Protocol facts of DomainBed's own featurizer (architecture, weights, parameters)."""
     kind = type(featurizer).__name__
     if kind == "ResNet":
         arch, weights = domainbed_resnet(hparams)
-        return (f"featurizer: DomainBed's ResNet ({arch}): {weights} weights (hparams "
-                f"resnet18={str(bool(hparams['resnet18'])).lower()}, "
-                f"resnet50_augmix={str(bool(hparams['resnet50_augmix'])).lower()})")
-    if kind == "DinoV2":
-        return "featurizer: DomainBed's DinoV2: torch.hub facebookresearch/dinov2 dinov2_vitb14 weights"
-    return f"featurizer: DomainBed's {kind}: random init (no pretrained weights)"
+        found = {"backbone": f"DomainBed's ResNet ({arch})", "weights": str(weights), "pretrained": True}
+    elif kind == "DinoV2":
+        found = {"backbone": "DomainBed's DinoV2", "pretrained": True,
+                 "weights": "torch.hub facebookresearch/dinov2 dinov2_vitb14"}
+    else:
+        found = {"backbone": f"DomainBed's {kind}", "weights": "random init", "pretrained": "n/a"}
+    return {**found, **parameter_counts(featurizer)}
 
 
 #: Lines already printed by this process (Fish builds a featurizer every step).
 _ANNOUNCED: set[str] = set()
 
 
-def announce(line: str) -> None:
-    """Print ``line`` once per process: train.py tees stdout into out.txt."""
+def announce(line: str, facts: Optional[Mapping] = None) -> None:
+    """Print ``line`` once per process (train.py tees stdout into out.txt) and record
+    ``facts`` about the featurizer in the run's ``protocol.json`` (:mod:`.run_facts`)."""
     if line not in _ANNOUNCED:
         _ANNOUNCED.add(line)
         print(line, flush=True)
+    if facts is not None:
+        run_facts.record("featurizer", {"description": line, **facts})
+
+
+def facts(name: str, hparams: Mapping, module: Optional[nn.Module] = None) -> dict:
+    """Protocol facts of backbone ``name`` (architecture, weights, trained parameters)."""
+    weights = weights_for(name, hparams)
+    pretrained = weights is not None and _flag(hparams, "pretrained")
+    out = {"backbone": name, "weights": str(weights) if pretrained else "random init",
+           "pretrained": pretrained if weights is not None else "n/a"}
+    if module is not None:
+        out.update(parameter_counts(module))
+    return out
+
+
+def parameter_counts(module: nn.Module) -> dict:
+    """How many of ``module``'s parameters are trained, of how many."""
+    return {"trained_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+            "featurizer_parameters": sum(p.numel() for p in module.parameters())}
 
 
 def _how_to_get(weights: Weights) -> str:
@@ -200,9 +247,9 @@ class AlexNetFeaturizer(nn.Module):
         channels = _check_image_shape("alexnet", input_shape, ALEXNET_MIN_SIDE)
         self.weights = weights_for("alexnet", hparams)
         self.network = _load(self.weights, _flag(hparams, "pretrained"), "alexnet")
-        announce(describe("alexnet", hparams))
         self.network.features[0] = _adapt_first_conv(self.network.features[0], channels)
         self.network.classifier[-1] = nn.Identity()
+        announce(describe("alexnet", hparams), facts("alexnet", hparams, self))
 
     def forward(self, x):
         return self.network(x)
@@ -219,9 +266,9 @@ class ResNetFeaturizer(nn.Module):
         self.n_outputs = self._N_OUTPUTS[name]
         self.weights = weights_for(name, hparams)
         self.network = _load(self.weights, _flag(hparams, "pretrained"), name)
-        announce(describe(name, hparams))
         self.network.conv1 = _adapt_first_conv(self.network.conv1, channels)
         self.network.fc = nn.Identity()
+        announce(describe(name, hparams), facts(name, hparams, self))
         self.freeze_bn_stats = bool(hparams.get("freeze_bn", False))
         self.dropout = nn.Dropout(hparams.get("resnet_dropout", 0.0))
         if self.freeze_bn_stats:
@@ -248,8 +295,9 @@ def mnist_cnn(input_shape, hparams: Mapping) -> nn.Module:
     _check_image_shape("mnist_cnn", input_shape, min_side=2)
     from domainbed.networks import MNIST_CNN  # noqa: PLC0415 - only this backbone needs DomainBed
 
-    announce(describe("mnist_cnn", hparams))
-    return MNIST_CNN(tuple(input_shape))
+    network = MNIST_CNN(tuple(input_shape))
+    announce(describe("mnist_cnn", hparams), facts("mnist_cnn", hparams, network))
+    return network
 
 
 #: Backbone name -> factory ``(input_shape, hparams) -> featurizer``.
@@ -258,7 +306,18 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": lambda input_shape, hparams: ResNetFeaturizer("resnet18", input_shape, hparams),
     "resnet50": lambda input_shape, hparams: ResNetFeaturizer("resnet50", input_shape, hparams),
     "mnist_cnn": mnist_cnn,
+    "efficientnet_lite0": lambda input_shape, hparams: _efficientnet(input_shape, hparams),
 }
+
+
+#: Backbones that take the ``frozen_prefix`` hparam.
+FROZEN_PREFIX_BACKBONES = {"efficientnet_lite0"}
+
+
+def _efficientnet(input_shape, hparams: Mapping) -> nn.Module:
+    from .efficientnet import EfficientNetLite0Featurizer  # noqa: PLC0415 - imports timm
+
+    return EfficientNetLite0Featurizer(input_shape, hparams)
 
 
 def build(name: str, input_shape, hparams: Mapping) -> nn.Module:
@@ -266,4 +325,7 @@ def build(name: str, input_shape, hparams: Mapping) -> nn.Module:
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} "
                          "(or leave it unset for DomainBed's default)")
+    if hparams.get("frozen_prefix") is not None and name not in FROZEN_PREFIX_BACKBONES:
+        raise ValueError(f"hparam frozen_prefix is only supported by backbone(s) "
+                         f"{sorted(FROZEN_PREFIX_BACKBONES)}, not {name!r}")
     return BACKBONES[name](tuple(input_shape), hparams)

@@ -8,7 +8,7 @@ import torch
 from domainbed.datasets import MultipleDomainDataset
 from torch.utils.data import TensorDataset
 
-from . import digits
+from . import digits, prefix_cache
 
 
 class RotatedDigits(MultipleDomainDataset):
@@ -65,17 +65,24 @@ class PACS64(MultipleDomainDataset):
             transforms.RandomResizedCrop(self.SIDE, scale=(0.7, 1.0)),
             transforms.RandomHorizontalFlip(), transforms.ColorJitter(0.3, 0.3, 0.3, 0.3),
             transforms.RandomGrayscale(), transforms.ToTensor(), normalize])
-        self.datasets = []
+        folders = []
         for i, env in enumerate(self.DOMAIN_FOLDERS):
             train = hparams.get("data_augmentation", True) and i not in test_envs
             try:
-                images = ImageFolder(os.path.join(folder, env),
-                                     transform=augment if train else plain)
+                folders.append(ImageFolder(os.path.join(folder, env),
+                                           transform=augment if train else plain))
             except FileNotFoundError as exc:  # a class folder without images
                 raise ValueError(f"PACS domain folder {os.path.join(folder, env)}: {exc}") from exc
-            self.datasets.append(images if train else decoded(images))
         self.input_shape = (3, self.SIDE, self.SIDE)
         self.num_classes = len(self.CLASSES)
+        augmented = [f.transform is augment for f in folders]
+        if prefix_cache.wanted(hparams) and not any(augmented):
+            self.datasets, self.input_shape = prefix_cache.prefix_features(
+                folders, hparams, self.input_shape, type(self).__name__)
+            return
+        if prefix_cache.wanted(hparams):
+            prefix_cache.announce_uncached("training domains are augmented")
+        self.datasets = [f if aug else decoded(f) for f, aug in zip(folders, augmented)]
 
 
 def decoded(images) -> TensorDataset:
@@ -142,5 +149,18 @@ class PACS32(PACS64):
     N_WORKERS = 0
 
 
+class PACS128(PACS64):
+    """PACS at 128x128 (``--data_dir`` holding ``PACS/``, e.g. the 128 px copy): the size of
+    the pretrained experiments on CPU, with EfficientNet-Lite0 by default.
+
+    With ``frozen_prefix`` set, pretrained weights and no augmentation, each image's
+    prefix output is computed once and cached (:mod:`.prefix_cache`).
+    """
+
+    SIDE = 128
+    N_WORKERS = 0
+
+
 #: Dataset classes we add to ``domainbed.datasets`` (and its ``DATASETS`` list).
-DATASETS = {"RotatedDigits": RotatedDigits, "PACS64": PACS64, "PACS32": PACS32}
+DATASETS = {"RotatedDigits": RotatedDigits, "PACS64": PACS64, "PACS32": PACS32,
+            "PACS128": PACS128}

@@ -22,11 +22,13 @@ class HParam(NamedTuple):
 
 
 #: Our datasets take DomainBed's dataset-dependent hparams (lr, batch size...) of these.
-DATASET_HPARAMS_AS = {"RotatedDigits": "RotatedMNIST", "PACS64": "PACS", "PACS32": "PACS"}
+DATASET_HPARAMS_AS = {"RotatedDigits": "RotatedMNIST", "PACS64": "PACS", "PACS32": "PACS",
+                      "PACS128": "PACS"}
 
 #: Default ``backbone`` per dataset; elsewhere None keeps DomainBed's own featurizer choice
 #: (which has nothing for PACS64's 64 px images).
-DATASET_BACKBONES = {"RotatedDigits": "mnist_cnn", "PACS64": "resnet18", "PACS32": "resnet18"}
+DATASET_BACKBONES = {"RotatedDigits": "mnist_cnn", "PACS64": "resnet18", "PACS32": "resnet18",
+                     "PACS128": "efficientnet_lite0"}
 
 #: Default ``pretrained`` per dataset (elsewhere true): PACS64's ResNet-18 trains from
 #: scratch by default, so that it runs without downloading ImageNet weights.
@@ -65,7 +67,8 @@ def common_hparams(dataset: str) -> tuple[HParam, ...]:
     backbone = DATASET_BACKBONES.get(dataset)
     pretrained = DATASET_PRETRAINED.get(dataset, True)
     return (HParam("backbone", backbone, lambda r: backbone),
-            HParam("pretrained", pretrained, lambda r: pretrained))
+            HParam("pretrained", pretrained, lambda r: pretrained),
+            HParam("frozen_prefix", None, lambda r: None))
 
 
 def surgery_hparams(rule_class) -> tuple[HParam, ...]:

@@ -101,6 +101,10 @@ def _featurizer_with_backbones(domainbed_featurizer):
         name = hparams.get("backbone")
         if name is not None:
             return backbones.build(name, input_shape, hparams)
+        if hparams.get("frozen_prefix") is not None:
+            raise ValueError("hparam frozen_prefix needs a backbone that supports it, e.g. "
+                             "\"backbone\": \"efficientnet_lite0\"; DomainBed's own featurizer "
+                             "has no frozen prefix.")
         if (not hparams.get("pretrained", True) and len(input_shape) == 3
                 and tuple(input_shape[1:3]) == (224, 224)):
             raise ValueError(
@@ -108,7 +112,8 @@ def _featurizer_with_backbones(domainbed_featurizer):
                 "hparam; DomainBed's own ResNet always loads ImageNet weights. Add e.g. "
                 "\"backbone\": \"resnet50\" to --hparams.")
         featurizer = domainbed_featurizer(input_shape, hparams)
-        backbones.announce(backbones.describe_domainbed(featurizer, hparams))
+        backbones.announce(backbones.describe_domainbed(featurizer, hparams),
+                           backbones.domainbed_facts(featurizer, hparams))
         return featurizer
 
     Featurizer.__wrapped__ = domainbed_featurizer
