@@ -32,7 +32,7 @@ order of the domains); ``MoDoWeighting`` and
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, ClassVar, Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -61,15 +61,48 @@ def seeded_global_rng(generator: Optional[torch.Generator], device: torch.device
         yield
 
 
-def gram_square_root(gram: Tensor) -> Tensor:
-    """``R`` (``[N, N]``, float64) with ``R @ R.T == gram`` (its PSD part).
+class GramRoot(NamedTuple):
+    """An ``[N, N]`` square root of a Gram matrix, ``root @ root.T == gram``, as ``norms`` times
+    a unit-row factor (``root = norms[:, None] * unit``)."""
 
-    Eigenvalues within rounding of zero are set to zero before the square root, which
-    would otherwise turn a 1e-16 rounding error into a spurious 1e-8 direction.
+    unit: Tensor  # [N, N] float64: rows of norm 1 (0 for zero gradients)
+    norms: Tensor  # [N] float64: the gradients' norms
+
+    @property
+    def root(self) -> Tensor:
+        return self.norms[:, None] * self.unit
+
+    def coefficients(self, vector: Tensor) -> Tensor:
+        """``w`` with ``root.T @ w == vector`` (``vector`` in the rows' span): ``grads.T @ w``
+        is then the same combination of the gradients. Zero rows get weight 0."""
+        scaled = torch.linalg.pinv(self.unit.T) @ vector  # = norms * w
+        return torch.where(self.norms > 0, scaled / torch.where(self.norms > 0, self.norms, 1.0), 0.0)
+
+
+def gram_square_root(gram: Tensor) -> GramRoot:
+    """A square root of ``gram`` that keeps every row's norm exactly: ``D C D`` with ``D`` the
+    norms and ``C`` the cosines; ``C``'s eigen-root is taken and scaled back by ``D``.
+
+    Taking the root of ``gram`` itself mixes scales: a zero gradient came back as a
+    ~1e-16 row (which ConFIG then normalized into a spurious unit direction) and a
+    gradient 1e8 times smaller than another was lost in the largest eigenvalue's rounding.
+    On ``C`` (unit diagonal) rounding is relative to 1 for every row; a zero gradient is
+    an exact zero row. Eigenvalues within rounding of zero are set to zero.
     """
-    values, vectors = torch.linalg.eigh(gram.to(torch.float64))
-    tol = values.abs().max() * gram.shape[0] * torch.finfo(torch.float64).eps
-    return vectors * torch.where(values > tol, values, 0.0).sqrt()
+    g = gram.to(torch.float64)
+    n = g.shape[0]
+    norms = g.diagonal().clamp_min(0).sqrt()
+    unit = torch.zeros(n, n, dtype=torch.float64, device=g.device)
+    live = torch.nonzero(norms > 0).flatten()
+    if len(live):
+        d = norms[live]
+        cosines = g[live][:, live] / (d[:, None] * d[None, :])
+        values, vectors = torch.linalg.eigh(cosines)
+        tol = values.abs().max() * n * torch.finfo(torch.float64).eps
+        factor = vectors * torch.where(values > tol, values, 0.0).sqrt()
+        unit[live, :len(live)] = factor / factor.norm(dim=1, keepdim=True).clamp_min(
+            torch.finfo(torch.float64).tiny)
+    return GramRoot(unit, norms)
 
 
 class TorchJDRule(Rule):
@@ -82,6 +115,14 @@ class TorchJDRule(Rule):
     mode: ClassVar[str] = "gramian"
     #: Whether the weights are unchanged when all gradients are scaled (Gram normalized).
     scale_free_weights: ClassVar[bool] = True
+    #: How the result relates to TorchJD's aggregator on the same matrix (the property tests
+    #: hold each rule to it): "exactly" (to rounding); "at unit scale" (TorchJD's weighting
+    #: of the Gram matrix divided by its largest diagonal entry, i.e. TorchJD on the domain
+    #: gradients scaled so that the largest has norm 1, the update scaled back: equal to
+    #: TorchJD where its absolute eps do not cut in, scale-invariant everywhere); "within
+    #: solver tolerance" (an iterative solver: as close as TorchJD is to itself on the same
+    #: gradients in another column order).
+    equals_torchjd: ClassVar[str] = "exactly"
     min_domains = 2
 
     def __init__(self, **kwargs: Any) -> None:
@@ -129,24 +170,35 @@ class TorchJDRule(Rule):
             else:
                 root = gram_square_root(gram64)
                 # R^T c = aggregator(R); grads^T c is then the aggregation of grads
-                weights = torch.linalg.pinv(root.T, hermitian=False) @ aggregator(root)
+                weights = root.coefficients(aggregator(root.root))
         weights = weights.to(device=grads.device, dtype=grads.dtype)
         return torch.mv(grads.T, weights, out=out)
 
 
 class UPGrad(TorchJDRule):
-    """UPGrad (Quinton & Rey, 2024): each gradient projected onto the dual cone of all, averaged."""
+    """UPGrad (Quinton & Rey, 2024): each gradient projected onto the dual cone of all, averaged.
+
+    At unit scale: TorchJD zeroes a Gramian whose trace is below its ``norm_eps`` (1e-4)
+    and then returns the plain mean, which happens for small domain gradients (norms
+    below ~6e-3, common late in training); the projection itself is scale-invariant, and
+    so is this rule.
+    """
 
     name = "UPGrad"
+    equals_torchjd = "at unit scale"
     summary = "projections onto the dual cone of the domain gradients, averaged (Jacobian descent)"
     native_scale = "mean"
     requires = ("torchjd", "quadprog", "qpsolvers")
 
 
 class DualProj(TorchJDRule):
-    """DualProj: the mean gradient projected onto the dual cone of the domain gradients."""
+    """DualProj: the mean gradient projected onto the dual cone of the domain gradients.
+
+    At unit scale, for the reason given for :class:`UPGrad` (the same TorchJD projector).
+    """
 
     name = "DualProj"
+    equals_torchjd = "at unit scale"
     summary = "the mean gradient projected onto the dual cone of the domain gradients"
     native_scale = "mean"
     requires = ("torchjd", "quadprog", "qpsolvers")
@@ -163,9 +215,16 @@ class MGDA(TorchJDRule):
 
 
 class CAGrad(TorchJDRule):
-    """CAGrad (Liu et al., NeurIPS 2021): the best worst-domain improvement near the mean."""
+    """CAGrad (Liu et al., NeurIPS 2021): the best worst-domain improvement near the mean.
+
+    At unit scale: TorchJD zeroes a Gramian whose trace is below ``norm_eps`` and then
+    returns a zero update (no step at all) for small domain gradients; ``c`` is relative
+    to the mean gradient's norm, so the method is scale-invariant, and so is this rule
+    (``cagrad_norm_eps`` then only decides when the step is at the Pareto front).
+    """
 
     name = "CAGrad"
+    equals_torchjd = "at unit scale"
     summary = "maximizes the worst domain's improvement within a ball around the mean gradient"
     native_scale = "mean"
     requires = ("torchjd", "cvxpy", "clarabel")
@@ -194,9 +253,15 @@ class AlignedMTL(TorchJDRule):
 
 
 class GradVac(TorchJDRule):
-    """GradVac (Wang et al., ICLR 2021): pairwise cosines pulled to their running targets."""
+    """GradVac (Wang et al., ICLR 2021): pairwise cosines pulled to their running targets.
+
+    At unit scale: TorchJD adds ``eps`` (1e-8) to the products of norms in its cosines,
+    which shrinks every cosine once gradient norms approach 1e-4; cosines and the
+    corrections are scale-invariant, so here ``eps`` is relative to the largest gradient.
+    """
 
     name = "GradVac"
+    equals_torchjd = "at unit scale"
     summary = "PCGrad-like corrections toward an EMA of each pair's cosine"
     randomized = True
     hparams = (HParam("gradvac_beta", 0.5, lambda r: float(10 ** r.uniform(-2.5, -0.3)), "beta",
@@ -208,6 +273,7 @@ class NashMTL(TorchJDRule):
     """Nash-MTL (Navon et al., ICML 2022): weights of the Nash bargaining solution."""
 
     name = "NashMTL"
+    equals_torchjd = "within solver tolerance"
     summary = "Nash bargaining weights (G a = 1 / a), norm capped at max_norm"
     mode = "surrogate"
     homogeneous = False
@@ -226,6 +292,7 @@ class FairGrad(TorchJDRule):
     """FairGrad (Ban & Ji, ICML 2024): alpha-fair weights (G w = w^(-1/alpha))."""
 
     name = "FairGrad"
+    equals_torchjd = "within solver tolerance"
     summary = "alpha-fair utility maximization over the domains"
     homogeneous = False
     scale_free_weights = False
