@@ -3,7 +3,7 @@
 # beside ERM, IRM, MLDG, Mixup, GroupDRO, Fish and Fishr: random hparam search (20 draws),
 # 3 trials, all one- and two-test-env combinations (needed by leave-one-domain-out model
 # selection), ResNet-50 (torchvision, ImageNet weights) for every algorithm.
-# Fishr is domainbed_surgery's BackPACK-free Fishr (see domainbed_surgery/glue/fishr.py).
+# Fishr is domainbed_surgery's BackPACK-free Fishr (see domainbed_surgery/fixes/fishr.py).
 #
 # Usage: DATA_DIR=/path/to/domainbed/data bash sweeps/domainbed_resnet50.sh
 set -euo pipefail

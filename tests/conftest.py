@@ -15,6 +15,28 @@ _domainbed_outcomes: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
 _skip_reasons: set[str] = set()
 
 
+def randomized(rule_name: str) -> bool:
+    """Whether a rule's result depends on its generator, as observed on a conflicting
+    matrix over a few seeds (a property of the rule, not a flag it declares)."""
+    import torch
+
+    from domainbed_surgery import rules
+
+    rule = rules.get(rule_name)
+    made = torch.Generator().manual_seed(0)
+    chained = torch.randn(3, 9, generator=made, dtype=torch.float64)  # conflicts in a chain
+    chained[1] = -0.7 * chained[0] + 0.3 * chained[1]
+    chained[2] = -0.5 * chained[1] + 0.5 * chained[2]
+    wide = torch.randn(3, 40, generator=made, dtype=torch.float64)  # some components agree
+    wide[1] = -0.5 * wide[0] + 0.5 * wide[1]
+    for g in (chained, wide):
+        outs = [rule()(g, torch.Generator(device=rule().generator_device(g)).manual_seed(seed))
+                for seed in range(6)]
+        if any(not torch.equal(outs[0], o) for o in outs[1:]):
+            return True
+    return False
+
+
 def require_domainbed() -> None:
     """For test modules that need DomainBed at import: register it, or skip the module loudly."""
     from domainbed_surgery import register

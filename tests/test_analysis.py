@@ -377,7 +377,10 @@ def test_runs_side_by_side_by_hparam(tmp_path):
         locate.ensure_importable()
     except ImportError as exc:
         pytest.skip(f"DomainBed not importable: {exc}")
-    from domainbed_surgery.analysis.by_hparam import summarize_by_hparam
+    import pandas as pd
+
+    from domainbed_surgery.analysis.by_hparam import (PER_TRIAL_COLUMNS, per_trial_by_hparam,
+                                                      summarize_by_hparam, summarize_per_trial)
     from domainbed_surgery.report import tables as rep
 
     accs = {(16, "ERM"): [0.30, 0.40], (16, "AgrSum"): [0.35, 0.41],
@@ -409,6 +412,13 @@ def test_runs_side_by_side_by_hparam(tmp_path):
     assert got[("16", "AgrSum")].agreement == pytest.approx(0.3)  # mean over checkpoints
     assert got[("16", "AgrSum")].cosine == pytest.approx(0.15)
     assert math.isnan(got[("16", "ERM")].agreement)
+    # the table is computed from the per-trial rows, which are the data to publish
+    per_trial = per_trial_by_hparam(rep.load_records(tmp_path), "batch_size")
+    assert len(per_trial) == 8 and list(per_trial.columns) == PER_TRIAL_COLUMNS
+    row = per_trial[(per_trial.value == "64") & (per_trial.algorithm == "AgrSum")
+                    & (per_trial.trial_seed == 1)].iloc[0]
+    assert row.acc == pytest.approx(50.0) and row.agreement == pytest.approx(0.3)
+    pd.testing.assert_frame_equal(summarize_per_trial(per_trial), frame)
 
 
 def test_gradient_similarity_summary_and_redraw(tmp_path, capsys):

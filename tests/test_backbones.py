@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from domainbed_surgery.glue import backbones
+from domainbed_surgery.extras import backbones
+from domainbed_surgery.extras.backbones import common
 
 
 def hp(**kw):
@@ -35,7 +36,7 @@ def test_resnet18_features_channels_and_freeze_bn():
 
 def test_channel_adaptation_cycles_rgb_filters():
     conv = nn.Conv2d(3, 4, 3)
-    new = backbones._adapt_first_conv(conv, 5)
+    new = common.adapt_first_conv(conv, 5)
     for c in range(5):
         assert torch.equal(new.weight[:, c], conv.weight[:, c % 3])
 
@@ -129,7 +130,7 @@ def downloads(monkeypatch):
 
     monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", get_state_dict)
     monkeypatch.setattr(timm, "create_model", create_model)
-    monkeypatch.setattr(backbones, "_ANNOUNCED", set(), raising=False)
+    monkeypatch.setattr(common, "_ANNOUNCED", set())
     return requests
 
 

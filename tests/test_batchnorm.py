@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from domainbed_surgery.glue.batchnorm import PooledBatchNormStats
+from domainbed_surgery.surgery.batchnorm import PooledBatchNormStats
 
 
 def batches(n=3, b=8, c=4, side=5, seed=0):

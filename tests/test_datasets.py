@@ -31,7 +31,7 @@ def random_batch_sizes(dataset, algorithm="ERM", trials=3, hparams_seeds=range(1
 # -- item 1: ranges that fit the data ------------------------------------------------------
 @pytest.mark.parametrize("algorithm", ["ERM", "AgrSum", "IRM"])
 def test_rotated_digits_random_batch_sizes_fit_a_training_split(domainbed, algorithm):
-    from domainbed_surgery.glue import digits
+    from domainbed_surgery.extras.datasets import digits
 
     smallest = min(in_split_sizes(len(d) for d in digits.rotated_domains()))
     drawn = random_batch_sizes("RotatedDigits", algorithm)
@@ -145,7 +145,7 @@ def make_pacs(root, per_class=6, domains=PACS_DOMAINS, classes=PACS_CLASSES):
 
 
 def pacs64(root, test_envs=(0,)):
-    from domainbed_surgery.glue.datasets import PACS64
+    from domainbed_surgery.extras.datasets.pacs import PACS64
 
     return PACS64(str(root), list(test_envs), {"data_augmentation": False})
 
@@ -162,7 +162,7 @@ def test_pacs64_reads_the_expected_layout(domainbed, tmp_path):
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
 
-    from domainbed_surgery.glue.datasets import PACS64
+    from domainbed_surgery.extras.datasets.pacs import PACS64
 
     assert all(isinstance(env, torch.utils.data.TensorDataset) for env in data)
     augmented = PACS64(str(tmp_path), [0], {"data_augmentation": True})

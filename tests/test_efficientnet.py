@@ -8,8 +8,8 @@ import glob
 import pytest
 import torch
 
-from domainbed_surgery.glue import backbones
-from domainbed_surgery.glue import efficientnet as E
+from domainbed_surgery.extras import backbones
+from domainbed_surgery.extras.backbones import efficientnet as E
 
 from conftest import SHARED_DATA
 

@@ -14,8 +14,8 @@ require_domainbed()
 from domainbed import algorithms, hparams_registry, networks  # noqa: E402
 from domainbed.lib import misc  # noqa: E402
 
-from domainbed_surgery.glue import fishr  # noqa: E402
-from domainbed_surgery.glue.fishr import Fishr  # noqa: E402
+from domainbed_surgery.fixes import fishr  # noqa: E402
+from domainbed_surgery.fixes.fishr import Fishr  # noqa: E402
 
 
 @pytest.fixture
@@ -238,17 +238,17 @@ def test_keep_backpack_fishr_env_and_foreign_class(monkeypatch):
     original = algorithms.Fishr_BackPACK
     monkeypatch.setattr(algorithms, "Fishr", original)
     monkeypatch.setenv(registration.KEEP_BACKPACK_FISHR, "1")
-    registration.replace_algorithms(algorithms)
+    registration.fix_algorithms(algorithms)
     assert algorithms.Fishr is original
     monkeypatch.delenv(registration.KEEP_BACKPACK_FISHR)
-    registration.replace_algorithms(algorithms)
+    registration.fix_algorithms(algorithms)
     assert algorithms.Fishr is Fishr
 
     class Foreign:
         pass
     monkeypatch.setattr(algorithms, "Fishr", Foreign)
     with pytest.raises(registration.RegistrationConflict, match="Fishr"):
-        registration.replace_algorithms(algorithms, strict=True)
+        registration.fix_algorithms(algorithms, strict=True)
     assert algorithms.Fishr is Foreign
 
 
@@ -256,7 +256,7 @@ def test_fresh_interpreter_gets_our_fishr_via_the_import_hook(tmp_path):
     import subprocess
     import sys
 
-    code = ("import domainbed.algorithms as a, domainbed_surgery.glue.fishr as f; "
+    code = ("import domainbed.algorithms as a, domainbed_surgery.fixes.fishr as f; "
             "print(a.get_algorithm_class('Fishr') is f.Fishr, a.Fishr_BackPACK.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, check=True).stdout.split()

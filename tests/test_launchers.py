@@ -14,7 +14,7 @@ import pytest
 
 import domainbed_surgery
 from domainbed_surgery.launch import launchers
-from domainbed_surgery.plugin.registration import RegistrationConflict, register_launchers
+from domainbed_surgery.plugin.registration import RegistrationConflict, add_launchers
 
 PY = shlex.quote(sys.executable)
 
@@ -200,10 +200,10 @@ def test_foreign_launcher_is_not_replaced(domainbed, monkeypatch):
 
     monkeypatch.setitem(command_launchers.REGISTRY, "parallel", foreign)
     with pytest.raises(RegistrationConflict, match="parallel"):
-        register_launchers(command_launchers, strict=True)
+        add_launchers(command_launchers, strict=True)
     assert command_launchers.REGISTRY["parallel"] is foreign
     with pytest.warns(RuntimeWarning, match="does not replace"):
-        register_launchers(command_launchers, strict=False)
+        add_launchers(command_launchers, strict=False)
     assert command_launchers.REGISTRY["parallel"] is foreign
     assert command_launchers.REGISTRY["slurm"] is launchers.slurm_launcher
 

@@ -41,7 +41,7 @@ def pacs(domainbed, tmp_path, monkeypatch):
 
 
 def pacs128(root, hparams, test_envs=(0,)):
-    from domainbed_surgery.glue.datasets import PACS128
+    from domainbed_surgery.extras.datasets.pacs import PACS128
 
     return PACS128(str(root), list(test_envs), hparams)
 
@@ -51,7 +51,7 @@ def cache_files(tmp_path):
 
 
 def test_dataset_yields_the_prefix_outputs_of_its_images(pacs):
-    from domainbed_surgery.glue import backbones
+    from domainbed_surgery.extras import backbones
 
     features = pacs128(pacs, FROZEN)
     images = pacs128(pacs, {"data_augmentation": False})
@@ -65,7 +65,7 @@ def test_dataset_yields_the_prefix_outputs_of_its_images(pacs):
 
 
 def test_second_dataset_reads_the_cache_and_the_rng_is_untouched(pacs, tmp_path, monkeypatch):
-    from domainbed_surgery.glue import prefix_cache
+    from domainbed_surgery.extras.datasets import prefix_cache
 
     torch.manual_seed(123)
     before = torch.get_rng_state()

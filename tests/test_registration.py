@@ -6,7 +6,8 @@ import types
 import pytest
 
 from domainbed_surgery import rules
-from domainbed_surgery.glue import hparams
+from domainbed_surgery.plugin import hparams
+from domainbed_surgery.surgery.hparams import domainbed_key
 from domainbed_surgery.plugin import registration
 
 OURS = ("AgrSum", "AgrRand", "PCGrad")
@@ -53,12 +54,12 @@ def test_a_foreign_class_is_never_replaced(domainbed):
 
     module = fake_algorithms_module(AgrSum=AgrSum)
     with pytest.raises(registration.RegistrationConflict, match="AgrSum"):
-        registration.register_algorithms(module, strict=True)
+        registration.add_surgery_algorithms(module, strict=True)
     assert module.AgrSum is AgrSum
     with pytest.warns(RuntimeWarning, match="does not replace"):
-        registration.register_algorithms(module, strict=False)
+        registration.add_surgery_algorithms(module, strict=False)
     assert module.AgrSum is AgrSum and module.ALGORITHMS.count("AgrSum") == 1
-    assert module.AgrRand.__module__ == "domainbed_surgery.glue.algorithms"  # the others still land
+    assert module.AgrRand.__module__ == "domainbed_surgery.surgery.algorithm"  # the others still land
 
 
 DATASETS = ("PACS", "VLCS", "OfficeHome", "RotatedMNIST", "ColoredMNIST")
@@ -71,7 +72,8 @@ def test_our_hparams_are_ERMs_plus_our_keys(domainbed, algorithm):
 
     original = hparams_registry._hparams.__wrapped__  # DomainBed's own function
     ours = {"backbone", "pretrained", "frozen_prefix", "surgery_batches", "surgery_layer_agreement",
-            "surgery_reduction"} | {hp.name for hp in rules.get(algorithm).hparams}
+            "surgery_reduction"} | {domainbed_key(rules.get(algorithm), p)
+                                                          for p in rules.get(algorithm).params}
     for dataset, seed in itertools.product(DATASETS, (0, 1, 7, 12345)):
         erm = {k: (d, r) for k, (d, r) in original("ERM", dataset, seed).items()}
         got = hparams_registry._hparams(algorithm, dataset, seed)
@@ -145,7 +147,7 @@ def test_rules_without_their_dependencies_are_absent_with_one_clear_message(doma
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "torchjd" else real(name, *args))
     module = fake_algorithms_module()
-    registration.register_algorithms(module, strict=True)
+    registration.add_surgery_algorithms(module, strict=True)
     assert module.ALGORITHMS == list(OURS)
     with pytest.raises(rules.RuleUnavailable, match=r"pip install 'domainbed-surgery\[torchjd\]'"):
         module.UPGrad((16,), 3, 2, {"lr": 1e-3, "weight_decay": 0.0})
@@ -159,26 +161,36 @@ def test_every_rule_gets_its_hparams_seeded_by_name(domainbed, name):
     cls = rules.get(name)
     got = hparams_registry.default_hparams(name, "PACS")
     assert got["surgery_reduction"] == cls.native_scale
-    for hp in cls.hparams:
-        assert got[hp.name] == hp.default
+    for p in cls.params:
+        key = domainbed_key(cls, p)
+        assert key == f"{name.lower()}_{p.arg}"
+        assert got[key] == p.default
         seed = misc.seed_hash(4, 0)
-        drawn = hparams_registry.random_hparams(name, "PACS", seed)[hp.name]
+        drawn = hparams_registry.random_hparams(name, "PACS", seed)[key]
         import numpy as np
 
-        assert drawn == hp.sample(np.random.RandomState(misc.seed_hash(seed, hp.name)))
+        assert drawn == p.sample(np.random.RandomState(misc.seed_hash(seed, key)))
 
 
-def test_our_glue_imported_first_still_registers_without_warning(domainbed):
-    """``import domainbed_surgery.glue.algorithms`` before anything of DomainBed's: its own
-    ``from domainbed.algorithms import ERM`` triggers the hook while it is half imported;
-    registration must wait for it instead of failing with a circular-import warning."""
+@pytest.mark.parametrize("ours, check", [
+    ("domainbed_surgery.surgery.algorithm",
+     "import domainbed.algorithms as db\nassert db.AgrSum is ours.ALGORITHMS['AgrSum'] and 'AgrSum' in db.ALGORITHMS"),
+    ("domainbed_surgery.fixes.fishr",
+     "import domainbed.algorithms as db\nassert db.Fishr is ours.Fishr and 'AgrSum' in db.ALGORITHMS"),
+    ("domainbed_surgery.extras.datasets.pacs",
+     "import domainbed.datasets as db\nassert db.PACS128 is ours.PACS128 and 'PACS128' in db.DATASETS"),
+    ("domainbed_surgery.extras.datasets.rotated_digits",
+     "import domainbed.datasets as db\nassert db.RotatedDigits is ours.RotatedDigits"),
+])
+def test_our_modules_imported_first_still_register_without_warning(domainbed, ours, check):
+    """Importing one of ours before anything of DomainBed's: its own import of DomainBed
+    triggers the hook while it is half imported; registration must wait for it instead of
+    failing with a circular-import warning (registration.FEEDS)."""
     import subprocess
     import sys
 
+    assert ours in registration.FEEDS
     code = ("import warnings; warnings.simplefilter('error', RuntimeWarning)\n"
-            "import domainbed_surgery.glue.algorithms as ours\n"
-            "import domainbed.algorithms as db\n"
-            "assert db.AgrSum is ours.ALGORITHMS['AgrSum'] and 'AgrSum' in db.ALGORITHMS\n"
-            "print('ok')")
+            f"import {ours} as ours\n{check}\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

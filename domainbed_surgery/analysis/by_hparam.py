@@ -19,6 +19,8 @@ from ..report import tables as rep
 
 COLUMNS = ["hparam", "value", "algorithm", "test_env", "n", "acc_mean", "acc_std",
            "gap_mean", "gap_std", "n_pairs", "agreement", "cosine"]
+PER_TRIAL_COLUMNS = ["hparam", "value", "algorithm", "test_env", "trial_seed", "acc",
+                     "agreement", "cosine"]
 
 
 def _key(value) -> str:
@@ -26,15 +28,12 @@ def _key(value) -> str:
     return str(value)
 
 
-def summarize_by_hparam(records, hparam: str, selection: str = "iid",
+def per_trial_by_hparam(records, hparam: str, selection: str = "iid",
                         algorithms: Optional[Sequence[str]] = None,
-                        test_env: Optional[int] = None, baseline: str = "ERM") -> pd.DataFrame:
-    """One row per (hparam value, algorithm, test env) of single-test-env runs.
-
-    ``acc_*``: selected test accuracy (%) over trial seeds (std ddof=1); ``gap_*``: the
-    paired difference to ``baseline`` at the same value and trial seed (NaN for the
-    baseline itself or without pairs).
-    """
+                        test_env: Optional[int] = None) -> pd.DataFrame:
+    """One row per (hparam value, algorithm, test env, trial seed) of single-test-env runs:
+    the selected test accuracy (%) and the run's mean ``agreement`` and ``cosine`` over its
+    checkpoint records (NaN for algorithms that log none)."""
     records = [r for r in records
                if len(r["args"]["test_envs"]) == 1
                and (test_env is None or r["args"]["test_envs"][0] == test_env)
@@ -45,27 +44,56 @@ def summarize_by_hparam(records, hparam: str, selection: str = "iid",
     method = rep.selection_method(selection)
     rows = []
     for value, recs in groups.items():
-        per_trial = rep.per_trial_accuracies(recs, method)
-        for (alg, env), sub in per_trial.groupby(["algorithm", "test_env"]):
-            accs = sub.set_index("trial_seed")["acc"]
-            base = per_trial[(per_trial["algorithm"] == baseline) & (per_trial["test_env"] == env)]
-            paired = accs - base.set_index("trial_seed")["acc"]
-            paired = paired.dropna() if alg != baseline else paired.iloc[0:0]
-            diag = [r for r in recs if r["args"]["algorithm"] == alg
-                    and r["args"]["test_envs"][0] == env]
-            rows.append({
-                "hparam": hparam, "value": value, "algorithm": alg, "test_env": env,
-                "n": len(accs), "acc_mean": accs.mean(),
-                "acc_std": accs.std(ddof=1) if len(accs) > 1 else math.nan,
-                "gap_mean": paired.mean() if len(paired) else math.nan,
-                "gap_std": paired.std(ddof=1) if len(paired) > 1 else math.nan,
-                "n_pairs": len(paired),
-                "agreement": _mean(diag, "agreement"), "cosine": _mean(diag, "cosine"),
-            })
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+        for row in rep.per_trial_accuracies(recs, method).itertuples(index=False):
+            run = [r for r in recs if r["args"]["algorithm"] == row.algorithm
+                   and r["args"]["test_envs"][0] == row.test_env
+                   and r["args"].get("trial_seed", 0) == row.trial_seed]
+            rows.append({"hparam": hparam, "value": value, "algorithm": row.algorithm,
+                         "test_env": row.test_env, "trial_seed": row.trial_seed, "acc": row.acc,
+                         "agreement": _mean(run, "agreement"), "cosine": _mean(run, "cosine")})
+    return _in_value_order(pd.DataFrame(rows, columns=PER_TRIAL_COLUMNS),
+                           ["value", "algorithm", "test_env", "trial_seed"])
+
+
+def summarize_per_trial(per_trial: pd.DataFrame, baseline: str = "ERM") -> pd.DataFrame:
+    """One row per (hparam value, algorithm, test env) from :func:`per_trial_by_hparam`'s rows.
+
+    ``acc_*``: selected test accuracy (%) over trial seeds (std ddof=1); ``gap_*``: the
+    paired difference to ``baseline`` at the same value and trial seed (NaN for the
+    baseline itself or without pairs); ``agreement``/``cosine``: means over the trials.
+    """
+    rows = []
+    for (hparam, value, alg, env), sub in per_trial.groupby(
+            ["hparam", "value", "algorithm", "test_env"], sort=False):
+        accs = sub.set_index("trial_seed")["acc"]
+        base = per_trial[(per_trial["value"] == value) & (per_trial["algorithm"] == baseline)
+                         & (per_trial["test_env"] == env)]
+        paired = accs - base.set_index("trial_seed")["acc"]
+        paired = paired.dropna() if alg != baseline else paired.iloc[0:0]
+        rows.append({
+            "hparam": hparam, "value": value, "algorithm": alg, "test_env": env,
+            "n": len(accs), "acc_mean": accs.mean(),
+            "acc_std": accs.std(ddof=1) if len(accs) > 1 else math.nan,
+            "gap_mean": paired.mean() if len(paired) else math.nan,
+            "gap_std": paired.std(ddof=1) if len(paired) > 1 else math.nan,
+            "n_pairs": len(paired),
+            "agreement": sub["agreement"].mean(), "cosine": sub["cosine"].mean(),
+        })
+    return _in_value_order(pd.DataFrame(rows, columns=COLUMNS), ["value", "algorithm", "test_env"])
+
+
+def summarize_by_hparam(records, hparam: str, selection: str = "iid",
+                        algorithms: Optional[Sequence[str]] = None,
+                        test_env: Optional[int] = None, baseline: str = "ERM") -> pd.DataFrame:
+    """:func:`summarize_per_trial` of :func:`per_trial_by_hparam`."""
+    return summarize_per_trial(per_trial_by_hparam(records, hparam, selection, algorithms, test_env),
+                               baseline)
+
+
+def _in_value_order(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """``frame`` sorted by ``by``, hparam values numerically where they are numbers."""
     order = {v: i for i, v in enumerate(_sorted_values(frame["value"].unique()))}
-    return frame.sort_values(["value", "algorithm", "test_env"],
-                             key=lambda c: c.map(order) if c.name == "value" else c,
+    return frame.sort_values(by, key=lambda c: c.map(order) if c.name == "value" else c,
                              ignore_index=True)
 
 

@@ -1,6 +1,6 @@
 """Agreement/cosine curves from DomainBed ``results.jsonl`` records: tables and figures.
 
-The gradient-surgery algorithms (:mod:`domainbed_surgery.glue.algorithms`) return per-step
+The gradient-surgery algorithms (:mod:`domainbed_surgery.surgery.algorithm`) return per-step
 diagnostics that DomainBed's ``train.py`` averages over the steps since the previous
 checkpoint and writes into each checkpoint record:
 

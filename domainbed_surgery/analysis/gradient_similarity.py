@@ -40,6 +40,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .. import dataset_info
+
 CSV_NAME = "gradient_similarity.csv"
 FIG_NAME = "gradient_similarity"
 COLUMNS = ["dataset", "test_envs", "source_domains", "step", "class", "intra", "inter",
@@ -90,7 +92,7 @@ def gather(ds, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def run_choice(args: argparse.Namespace, hparams: dict, test_envs: tuple[int, ...],
                device: str) -> list[dict]:
     """Train ERM with ``test_envs`` held out; return one CSV row per measurement."""
-    from domainbed import algorithms, datasets  # noqa: PLC0415
+    from domainbed import algorithms  # noqa: PLC0415
     from domainbed.lib import misc  # noqa: PLC0415
     from domainbed.lib.fast_data_loader import InfiniteDataLoader  # noqa: PLC0415
 
@@ -100,7 +102,7 @@ def run_choice(args: argparse.Namespace, hparams: dict, test_envs: tuple[int, ..
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    dataset = datasets.get_dataset_class(args.dataset)(args.data_dir, list(test_envs), hparams)
+    dataset = dataset_info.dataset_class(args.dataset)(args.data_dir, list(test_envs), hparams)
     names = env_names(args.dataset, len(dataset))
     in_splits = []
     for env_i, env in enumerate(dataset):  # the split train.py makes
@@ -151,15 +153,8 @@ def run_choice(args: argparse.Namespace, hparams: dict, test_envs: tuple[int, ..
 
 def env_names(dataset: str, n_envs: int) -> list[str]:
     """The dataset's environment names (DomainBed's ``ENVIRONMENTS``), else ``env<i>``."""
-    try:
-        from domainbed import datasets  # noqa: PLC0415
-
-        names = list(datasets.get_dataset_class(dataset).ENVIRONMENTS)
-        if len(names) == n_envs:
-            return [str(n) for n in names]
-    except Exception:  # noqa: BLE001 - names are cosmetic
-        pass
-    return [f"env{i}" for i in range(n_envs)]
+    names = dataset_info.environments(dataset)
+    return names if names is not None and len(names) == n_envs else [f"env{i}" for i in range(n_envs)]
 
 
 def plot(frame, output_stem: str) -> list[str]:
@@ -208,12 +203,12 @@ def run(args) -> int:
     from ..plugin.registration import register  # noqa: PLC0415
 
     register()
-    from domainbed import datasets, hparams_registry  # noqa: PLC0415
+    from domainbed import hparams_registry  # noqa: PLC0415
 
     hparams = hparams_registry.default_hparams("ERM", args.dataset)
     if args.hparams:
         hparams.update(json.loads(args.hparams))
-    n_envs = len(datasets.get_dataset_class(args.dataset).ENVIRONMENTS)
+    n_envs = len(dataset_info.environments_or_raise(args.dataset))
     try:
         choices = parse_test_env_choices(args.test_envs, n_envs)
     except ValueError as exc:

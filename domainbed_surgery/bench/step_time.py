@@ -159,7 +159,7 @@ class PaperSchemeAgrSum(db_algorithms.ERM):
     tensors (``|sum_i sgn(g_i)| == N``, so all-zero components count as conflicts,
     as in their code; the sum there is 0 either way); the masked sum is written
     back into ``.grad`` slice by slice and Adam steps. Same result as
-    :class:`~domainbed_surgery.glue.algorithms.GradientSurgery`, different memory traffic.
+    :class:`~domainbed_surgery.surgery.algorithm.GradientSurgery`, different memory traffic.
     """
 
     def update(self, minibatches, unlabeled=None):
@@ -369,7 +369,7 @@ def _parts_once(alg, minibatches, device) -> dict[str, float]:
     out["gradients"], (grads, _losses) = timed(lambda: alg.domain_gradients(minibatches), device)
     rule = alg.rule
     out["one_pass"], _ = timed(lambda: rules.one_pass(
-        grads, rule if rule.elementwise else None, out=alg._combined), device)
+        grads, rule if isinstance(rule, rules.ElementwiseRule) else None, out=alg._combined), device)
     out["combine"], (_, passed) = timed(lambda: alg.combine(grads), device)
 
     def metrics():

@@ -1,7 +1,7 @@
 """Lazy registration: run our patches right after DomainBed's modules are imported.
 
 A :class:`sys.meta_path` finder watches the module names of :data:`.registration.STEPS`
-(a few ``domainbed.*`` modules, and our glue algorithms, which import DomainBed's). When
+(a few ``domainbed.*`` modules, and those of ours that import DomainBed's). When
 one of them has executed, the matching step of :mod:`.registration` runs, so a
 plain ``python -m domainbed.scripts.train`` sees our algorithms, hparams, backbones
 and datasets, and nothing (torch included) is imported before DomainBed itself is.

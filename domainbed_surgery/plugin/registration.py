@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from . import locate
-from ..glue.hparams import common_hparams
+from .hparams import common_hparams
 
 ORIGIN = "domainbed_surgery"
 
@@ -55,88 +55,49 @@ def _add(module: ModuleType, names_list: list, name: str, obj: Any, strict: bool
     return True
 
 
-def register_algorithms(module: ModuleType, strict: bool = True) -> None:
-    """Add one algorithm per rule to ``domainbed.algorithms`` (and to its ``ALGORITHMS``).
+# -- one step per group -------------------------------------------------------------------
+def add_surgery_algorithms(module: ModuleType, strict: bool = True) -> None:
+    """The surgery algorithms: one per rule, into ``domainbed.algorithms`` (and ``ALGORITHMS``).
 
     A rule whose optional dependencies are missing (TorchJD's, without the extra) stays
     out of ``ALGORITHMS``, so sweeps and tables never list it; its class is still put at
     its name, so ``--algorithm UPGrad`` fails with one message saying what to install.
     """
-    from ..glue.algorithms import ALGORITHMS  # noqa: PLC0415 - imports domainbed.algorithms
+    from ..surgery.algorithm import ALGORITHMS  # noqa: PLC0415 - imports domainbed.algorithms
 
     for name, cls in ALGORITHMS.items():
         listed = module.ALGORITHMS if cls.rule_class.available() else []
         _add(module, listed, name, cls, strict)
 
 
-def register_datasets(module: ModuleType, strict: bool = True) -> None:
-    """Add our offline datasets to ``domainbed.datasets`` and its ``DATASETS``."""
-    from ..glue.datasets import DATASETS  # noqa: PLC0415
+def add_datasets(module: ModuleType, strict: bool = True) -> None:
+    """The extra datasets, into ``domainbed.datasets`` and its ``DATASETS``."""
+    from ..extras import datasets  # noqa: PLC0415
 
-    for name, cls in DATASETS.items():
+    for name, cls in datasets.datasets().items():
         _add(module, module.DATASETS, name, cls, strict)
 
 
-def patch_hparams_registry(module: ModuleType, strict: bool = True) -> None:
-    """Wrap ``hparams_registry._hparams`` with our extra, name-seeded hparams."""
+def add_backbones(module: ModuleType, strict: bool = True) -> None:
+    """The extra backbones: ``networks.Featurizer`` wrapped so the ``backbone`` hparam picks ours."""
+    from ..extras.backbones import with_backbones  # noqa: PLC0415 - DomainBed has loaded torch
+
+    if not _ours(module.Featurizer):
+        module.Featurizer = with_backbones(module.Featurizer)
+
+
+def add_hparams(module: ModuleType, strict: bool = True) -> None:
+    """Our hparams: ``hparams_registry._hparams`` wrapped with extra, name-seeded hparams."""
     from domainbed.lib import misc  # noqa: PLC0415
 
-    from ..glue.hparams import with_extras  # noqa: PLC0415
+    from .hparams import with_extras  # noqa: PLC0415
 
     if not _ours(module._hparams):
         module._hparams = with_extras(module._hparams, misc.seed_hash)
 
 
-def patch_networks(module: ModuleType, strict: bool = True) -> None:
-    """Wrap ``networks.Featurizer`` so the ``backbone`` hparam picks our featurizers."""
-    if not _ours(module.Featurizer):
-        module.Featurizer = _featurizer_with_backbones(module.Featurizer)
-
-
-def _featurizer_with_backbones(domainbed_featurizer):
-    def Featurizer(input_shape, hparams):  # noqa: N802 - DomainBed's name
-        """DomainBed's featurizer, or ours when the ``backbone`` hparam is set; prints its weights."""
-        from ..glue import backbones  # noqa: PLC0415 - DomainBed has loaded torch by now
-
-        name = hparams.get("backbone")
-        if name is not None:
-            return backbones.build(name, input_shape, hparams)
-        if hparams.get("frozen_prefix") is not None:
-            raise ValueError("hparam frozen_prefix needs a backbone that supports it, e.g. "
-                             "\"backbone\": \"efficientnet_lite0\"; DomainBed's own featurizer "
-                             "has no frozen prefix.")
-        if (not hparams.get("pretrained", True) and len(input_shape) == 3
-                and tuple(input_shape[1:3]) == (224, 224)):
-            raise ValueError(
-                "'pretrained': false only applies to a backbone chosen with the 'backbone' "
-                "hparam; DomainBed's own ResNet always loads ImageNet weights. Add e.g. "
-                "\"backbone\": \"resnet50\" to --hparams.")
-        featurizer = domainbed_featurizer(input_shape, hparams)
-        backbones.announce(backbones.describe_domainbed(featurizer, hparams),
-                           backbones.domainbed_facts(featurizer, hparams))
-        return featurizer
-
-    Featurizer.__wrapped__ = domainbed_featurizer
-    Featurizer.domainbed_surgery = True
-    return Featurizer
-
-
-def patch_data_loaders(module: ModuleType, strict: bool = True) -> None:
-    """Make DomainBed's infinite loaders raise instead of hanging when no batch can be formed.
-
-    Like Fishr, a deliberate change at DomainBed's names: a subclass that adds one check
-    (see :mod:`.loaders`) and inherits everything else.
-    """
-    from ..glue.loaders import CHECKED, with_batch_check  # noqa: PLC0415 - no torch import
-
-    for name in CHECKED:
-        current = getattr(module, name, None)
-        if current is not None and not _ours(current):
-            setattr(module, name, with_batch_check(current))
-
-
-def register_launchers(module: ModuleType, strict: bool = True) -> None:
-    """Add ``parallel`` and ``slurm`` to ``domainbed.command_launchers.REGISTRY``.
+def add_launchers(module: ModuleType, strict: bool = True) -> None:
+    """The launchers ``parallel`` and ``slurm``, into ``domainbed.command_launchers.REGISTRY``.
 
     Idempotent; an entry someone else put under one of these names is kept
     (``strict`` raises :class:`RegistrationConflict`, otherwise a warning).
@@ -148,15 +109,26 @@ def register_launchers(module: ModuleType, strict: bool = True) -> None:
             module.REGISTRY[name] = fn
 
 
-#: The one deliberate exception to "never replace": DomainBed algorithm name ->
-#: (our module, our class, where DomainBed's original stays reachable). DomainBed's
-#: Fishr needs BackPACK, which fails with current torch; ours is numerically equal.
-REPLACES = {"Fishr": ("domainbed_surgery.glue.fishr", "Fishr", "Fishr_BackPACK")}
+def fix_data_loaders(module: ModuleType, strict: bool = True) -> None:
+    """A fix at DomainBed's names: its infinite loaders raise instead of hanging when no
+    batch can be formed (a subclass that adds one check, see :mod:`..fixes.loaders`)."""
+    from ..fixes.loaders import CHECKED, with_batch_check  # noqa: PLC0415 - no torch import
+
+    for name in CHECKED:
+        current = getattr(module, name, None)
+        if current is not None and not _ours(current):
+            setattr(module, name, with_batch_check(current))
+
+
+#: The fixes at DomainBed's algorithm names: name -> (our module, our class, where
+#: DomainBed's original stays reachable). DomainBed's Fishr needs BackPACK, which fails
+#: with current torch; ours is numerically equal.
+REPLACES = {"Fishr": ("domainbed_surgery.fixes.fishr", "Fishr", "Fishr_BackPACK")}
 #: Set to 1 to keep DomainBed's own (BackPACK) Fishr.
 KEEP_BACKPACK_FISHR = "DOMAINBED_SURGERY_KEEP_BACKPACK_FISHR"
 
 
-def replace_algorithms(module: ModuleType, strict: bool = True) -> None:
+def fix_algorithms(module: ModuleType, strict: bool = True) -> None:
     """Put our classes at the names in :data:`REPLACES`, keeping DomainBed's originals.
 
     Only DomainBed's own class is replaced (one defined in ``domainbed.algorithms``);
@@ -180,36 +152,50 @@ def replace_algorithms(module: ModuleType, strict: bool = True) -> None:
         setattr(module, name, ours)
 
 
-GLUE_ALGORITHMS = "domainbed_surgery.glue.algorithms"
-
-
-def _algorithms_step(module: ModuleType, strict: bool = True) -> None:
-    glue = sys.modules.get(GLUE_ALGORITHMS)
-    if glue is not None and not hasattr(glue, "ALGORITHMS"):
-        # Our glue module is importing DomainBed's (for ERM) and is not done: it registers
-        # itself when it is (the STEPS entry below), instead of a circular import here.
-        return
-    register_algorithms(module, strict)
-    replace_algorithms(module, strict)
-
-
-def _glue_algorithms_step(module: ModuleType, strict: bool = True) -> None:
-    """Once our glue module is imported: register into ``domainbed.algorithms`` if loaded."""
-    algorithms = sys.modules.get("domainbed.algorithms")
-    if algorithms is not None:
-        _algorithms_step(algorithms, strict)
-
-
-#: DomainBed module -> our step, in import order.
-STEPS = {
-    "domainbed.networks": patch_networks,
-    "domainbed.algorithms": _algorithms_step,
-    "domainbed.hparams_registry": patch_hparams_registry,
-    "domainbed.datasets": register_datasets,
-    "domainbed.command_launchers": register_launchers,
-    "domainbed.lib.fast_data_loader": patch_data_loaders,
-    GLUE_ALGORITHMS: _glue_algorithms_step,
+#: DomainBed module -> the steps that register into it, in order.
+GROUPS = {
+    "domainbed.networks": (add_backbones,),
+    "domainbed.algorithms": (add_surgery_algorithms, fix_algorithms),
+    "domainbed.hparams_registry": (add_hparams,),
+    "domainbed.datasets": (add_datasets,),
+    "domainbed.command_launchers": (add_launchers,),
+    "domainbed.lib.fast_data_loader": (fix_data_loaders,),
 }
+#: Our modules that import a DomainBed module while they are being imported: that
+#: module's steps wait until ours is complete (instead of a circular import), and run then.
+FEEDS = {
+    "domainbed_surgery.surgery.algorithm": "domainbed.algorithms",
+    "domainbed_surgery.fixes.fishr": "domainbed.algorithms",
+    "domainbed_surgery.extras.datasets.pacs": "domainbed.datasets",
+    "domainbed_surgery.extras.datasets.rotated_digits": "domainbed.datasets",
+}
+
+
+def _importing(name: str) -> bool:
+    """Whether module ``name`` is being imported right now (started, not finished)."""
+    module = sys.modules.get(name)
+    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def _run_group(module: ModuleType, strict: bool = True, finished: str = "") -> None:
+    """The steps of ``module``'s group, unless one of our modules it needs is mid-import
+    (``finished``: one that has just run to its end, though still flagged as importing)."""
+    if any(_importing(ours) for ours, target in FEEDS.items()
+           if target == module.__name__ and ours != finished):
+        return  # that module of ours is importing this one: it runs the steps when done
+    for step in GROUPS[module.__name__]:
+        step(module, strict)
+
+
+def _feeder_done(module: ModuleType, strict: bool = True) -> None:
+    """One of our :data:`FEEDS` modules ran to its end: register into its target if loaded."""
+    target = sys.modules.get(FEEDS[module.__name__])
+    if target is not None and not _importing(target.__name__):
+        _run_group(target, strict, finished=module.__name__)
+
+
+#: Module name -> what the import hook runs right after that module is imported.
+STEPS = {**{name: _run_group for name in GROUPS}, **{name: _feeder_done for name in FEEDS}}
 
 
 def register() -> dict[str, list[str]]:
@@ -219,14 +205,14 @@ def register() -> dict[str, list[str]]:
     under one of our names, and :class:`~.locate.DomainBedNotFound` without DomainBed.
     """
     locate.ensure_importable()
-    for module_name, step in STEPS.items():
-        step(importlib.import_module(module_name), strict=True)
+    for module_name in GROUPS:
+        _run_group(importlib.import_module(module_name), strict=True)
     return registered()
 
 
 def registered() -> dict[str, list[str]]:
     """What of ours DomainBed currently has, by kind (empty lists if not imported)."""
-    modules = {name: sys.modules.get(name) for name in STEPS}
+    modules = {name: sys.modules.get(name) for name in GROUPS}
 
     def names(module_name: str, attr_list: str) -> list[str]:
         module = modules[module_name]
@@ -237,7 +223,7 @@ def registered() -> dict[str, list[str]]:
     networks, registry = modules["domainbed.networks"], modules["domainbed.hparams_registry"]
     backbones = []
     if networks is not None and _ours(networks.Featurizer):
-        from ..glue.backbones import BACKBONES  # noqa: PLC0415 - torch is loaded by now
+        from ..extras.backbones import BACKBONES  # noqa: PLC0415 - torch is loaded by now
 
         backbones = sorted(BACKBONES)
     return {
@@ -252,7 +238,7 @@ def registered() -> dict[str, list[str]]:
 
 def _our_loaders(module) -> list[str]:
     """DomainBed's loader names that hold our checked subclass (see :mod:`.loaders`)."""
-    from ..glue.loaders import CHECKED  # noqa: PLC0415 - light
+    from ..fixes.loaders import CHECKED  # noqa: PLC0415 - light
 
     return [] if module is None else [n for n in CHECKED if _ours(getattr(module, n, None))]
 

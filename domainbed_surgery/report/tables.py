@@ -211,7 +211,7 @@ def _domainbed_input_shape(cls) -> Optional[tuple]:
 
 def _domainbed_featurizer(cls, hparams: dict) -> tuple[str, str, Any]:
     """(backbone, weights, pretrained) of DomainBed's own ``networks.Featurizer`` (no ``backbone``)."""
-    from ..glue.backbones import domainbed_resnet  # noqa: PLC0415
+    from ..extras.backbones.imagenet import domainbed_resnet  # noqa: PLC0415
 
     shape = _domainbed_input_shape(cls) if cls is not None else None
     if shape is None:
@@ -233,7 +233,7 @@ def _domainbed_featurizer(cls, hparams: dict) -> tuple[str, str, Any]:
 
 def _featurizer(cls, hparams: dict) -> tuple[str, str, Any]:
     """(backbone, weights, pretrained) of a run, as its hparams determine them."""
-    from ..glue.backbones import weights_for  # noqa: PLC0415
+    from ..extras.backbones.imagenet import weights_for  # noqa: PLC0415
 
     name = hparams.get("backbone")
     if name is None:

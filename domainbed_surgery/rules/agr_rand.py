@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Rule
+from .interface import ElementwiseRule
 
 
-class AgrRand(Rule):
+class AgrRand(ElementwiseRule):
     """The sum where all domains agree in sign, ``N(0, sigma^2)`` samples elsewhere.
 
     ``sigma`` is the mean of ``|g*_p|`` over the agreeing components ``p`` of the whole
@@ -20,10 +20,6 @@ class AgrRand(Rule):
     name = "AgrRand"
     rank = 1
     summary = "the agreeing sum; N(0, sigma^2) where the domains conflict (Eq. 4)"
-    needs_mask = True
-    randomized = True
-
-    elementwise = True
 
     def combine(self, grads, *, gram, mask, generator, out):
         total = torch.sum(grads, dim=0, out=out)

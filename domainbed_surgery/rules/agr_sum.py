@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import Rule
+from .interface import ElementwiseRule
 
 
-class AgrSum(Rule):
+class AgrSum(ElementwiseRule):
     """``g*_k = sum_i g_k^(i)`` where :func:`~.base.agreement_mask` holds, else 0."""
 
     name = "AgrSum"
     rank = 0
     summary = "sum of the domain gradients where all agree in sign, 0 elsewhere (Eq. 3)"
-    needs_mask = True
-    elementwise = True
 
     def combine(self, grads, *, gram, mask, generator, out):
         total = torch.sum(grads, dim=0, out=out)

@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .base import GramianRule, HParam
+from .interface import GramianRule, fixed
 
 Orders = list[list[int]]
 
@@ -78,11 +78,10 @@ class PCGrad(GramianRule):
     name = "PCGrad"
     rank = 2
     summary = "each domain gradient projected off the conflicting others, then summed (Eq. 5)"
-    randomized = True
-    hparams = (HParam("pcgrad_order", "shared", lambda r: "shared", "order",
-                      "visit order of the other domains: 'shared' (one permutation per step, "
-                      "the authors' code) or 'independent' (one per domain, Yu et al.)",
-                      choices=tuple(ORDERS)),)
+    params = (fixed("order", "shared",
+                    "visit order of the other domains: 'shared' (one permutation per step, "
+                    "the authors' code) or 'independent' (one per domain, Yu et al.)",
+                    choices=tuple(ORDERS)),)
 
     def weights(self, gram, generator):
         return pcgrad_weights(gram, ORDERS[self.config["order"]](gram.shape[0], generator))

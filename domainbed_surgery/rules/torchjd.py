@@ -7,12 +7,14 @@ for one says how to install it. TorchJD is imported when a rule is first used.
 How each aggregator is called, so that the ``[N, P]`` gradients are read only once more,
 for one ``[N] @ [N, P]`` product:
 
-* ``gramian``: the aggregator's Gramian weighting is applied to the caller's Gram matrix;
-* ``surrogate``: the aggregator depends on the gradients only through their inner
+* :class:`TorchJDGramianRule`: the aggregator's Gramian weighting is applied to the
+  caller's Gram matrix;
+* :class:`TorchJDSurrogateRule`: the aggregator depends on the gradients only through their inner
   products (it is equivariant under rotations of parameter space), so it runs on an
   ``[N, N]`` square root ``R`` of the Gram matrix (``R R^T = G``) and its result
   ``R^T c`` is mapped back to ``grads^T c``;
-* ``matrix``: coordinate-wise aggregators (GradDrop, TrimmedMean, ExcessMTL) get ``[N, P]``.
+* :class:`TorchJDMatrixRule`: coordinate-wise aggregators (GradDrop, TrimmedMean,
+  ExcessMTL) get ``[N, P]``.
 
 TorchJD draws its randomness (GradVac's orders, GradDrop's thresholds) from torch's
 global generator; here that generator is forked and seeded from the rule's own
@@ -37,14 +39,9 @@ from typing import Any, ClassVar, Iterator, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .base import HParam, Rule
+from .interface import GramianRule, Param, Rule, fixed
 
 INSTALL_HINT = "pip install 'domainbed-surgery[torchjd]' (TorchJD 0.18 with its solvers)"
-
-
-def _fixed(name: str, default: Any, arg: str, doc: str = "") -> HParam:
-    """An hparam that the random search leaves at its default (numerical settings)."""
-    return HParam(name, default, lambda r, d=default: d, arg, doc)
 
 
 @contextlib.contextmanager
@@ -106,15 +103,12 @@ def gram_square_root(gram: Tensor) -> GramRoot:
 
 
 class TorchJDRule(Rule):
-    """Base of the rules that run a TorchJD aggregator (see the module docstring)."""
+    """Base of the rules that run a TorchJD aggregator (see the module docstring): building
+    it on first use, its optional dependencies, its random draws (only a seed is drawn
+    from the rule's generator, on the CPU)."""
 
     requires = ("torchjd",)
     install_hint = INSTALL_HINT
-    draws_on = "cpu"  # only a seed is drawn from the rule's generator
-    #: How the aggregator is called: "gramian", "surrogate" or "matrix".
-    mode: ClassVar[str] = "gramian"
-    #: Whether the weights are unchanged when all gradients are scaled (Gram normalized).
-    scale_free_weights: ClassVar[bool] = True
     #: How the result relates to TorchJD's aggregator on the same matrix (the property tests
     #: hold each rule to it): "exactly" (to rounding); "at unit scale" (TorchJD's weighting
     #: of the Gram matrix divided by its largest diagonal entry, i.e. TorchJD on the domain
@@ -123,19 +117,17 @@ class TorchJDRule(Rule):
     #: solver tolerance" (an iterative solver: as close as TorchJD is to itself on the same
     #: gradients in another column order).
     equals_torchjd: ClassVar[str] = "exactly"
-    min_domains = 2
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._aggregator = None
         self._n: Optional[int] = None
 
-    def __init_subclass__(cls, **kwargs) -> None:
-        cls.needs_gram = cls.mode != "matrix"
-        super().__init_subclass__(**kwargs)
+    def generator_device(self, grads: Tensor) -> torch.device:
+        return torch.device("cpu")
 
     def constructor_kwargs(self, n_domains: int) -> dict[str, Any]:
-        """Keyword arguments of the TorchJD class (default: this rule's hparams)."""
+        """Keyword arguments of the TorchJD class (default: this rule's parameters)."""
         return dict(self.config)
 
     def aggregator(self, n_domains: int):
@@ -152,30 +144,49 @@ class TorchJDRule(Rule):
         self._aggregator = None
         self._n = None
 
+
+class TorchJDGramianRule(TorchJDRule, GramianRule):
+    """TorchJD's Gramian weighting applied to the caller's Gram matrix."""
+
+    #: Whether the weights are unchanged when all gradients are scaled: then the Gram
+    #: matrix is divided by its largest diagonal entry first, which keeps solvers in range.
+    scale_free_weights: ClassVar[bool] = True
+
+    def weights(self, gram, generator):
+        aggregator = self.aggregator(gram.shape[0])
+        gram64 = gram.detach().to(device="cpu", dtype=torch.float64)
+        if not bool(gram64.diagonal().any()):  # every gradient is zero: so is the update
+            return torch.zeros(gram.shape[0], dtype=torch.float64)
+        if self.scale_free_weights:
+            gram64 = gram64 / gram64.diagonal().max()
+        with seeded_global_rng(generator, gram64.device), torch.no_grad():
+            return self.weights_from(aggregator, gram64)
+
+    def weights_from(self, aggregator, gram64: Tensor) -> Tensor:
+        return aggregator.gramian_weighting(gram64)
+
+
+class TorchJDSurrogateRule(TorchJDGramianRule):
+    """An aggregator that depends on the gradients only through their inner products, run
+    on an ``[N, N]`` square root ``R`` of the Gram matrix; its result ``R^T c`` maps back
+    to ``grads^T c``."""
+
+    def weights_from(self, aggregator, gram64: Tensor) -> Tensor:
+        root = gram_square_root(gram64)
+        return root.coefficients(aggregator(root.root))
+
+
+class TorchJDMatrixRule(TorchJDRule):
+    """A coordinate-wise aggregator: it reads ``[N, P]`` itself."""
+
     def combine(self, grads, *, gram, mask, generator, out):
         aggregator = self.aggregator(grads.shape[0])
         with seeded_global_rng(generator, grads.device), torch.no_grad():
-            if self.mode == "matrix":
-                result = aggregator(grads)
-                return result if out is None else out.copy_(result)
-            gram64 = gram.detach().to(device="cpu", dtype=torch.float64)
-            if not bool(gram64.diagonal().any()):  # every gradient is zero: so is the update
-                result = torch.zeros_like(grads[0])
-                return result if out is None else out.copy_(result)
-            if self.scale_free_weights:
-                top = gram64.diagonal().max()
-                gram64 = gram64 / top if top > 0 else gram64
-            if self.mode == "gramian":
-                weights = aggregator.gramian_weighting(gram64)
-            else:
-                root = gram_square_root(gram64)
-                # R^T c = aggregator(R); grads^T c is then the aggregation of grads
-                weights = root.coefficients(aggregator(root.root))
-        weights = weights.to(device=grads.device, dtype=grads.dtype)
-        return torch.mv(grads.T, weights, out=out)
+            result = aggregator(grads)
+        return result if out is None else out.copy_(result)
 
 
-class UPGrad(TorchJDRule):
+class UPGrad(TorchJDGramianRule):
     """UPGrad (Quinton & Rey, 2024): each gradient projected onto the dual cone of all, averaged.
 
     At unit scale: TorchJD zeroes a Gramian whose trace is below its ``norm_eps`` (1e-4)
@@ -191,7 +202,7 @@ class UPGrad(TorchJDRule):
     requires = ("torchjd", "quadprog", "qpsolvers")
 
 
-class DualProj(TorchJDRule):
+class DualProj(TorchJDGramianRule):
     """DualProj: the mean gradient projected onto the dual cone of the domain gradients.
 
     At unit scale, for the reason given for :class:`UPGrad` (the same TorchJD projector).
@@ -204,17 +215,17 @@ class DualProj(TorchJDRule):
     requires = ("torchjd", "quadprog", "qpsolvers")
 
 
-class MGDA(TorchJDRule):
+class MGDA(TorchJDGramianRule):
     """MGDA (Désidéri, 2012; Sener & Koltun, 2018): the min-norm point of the convex hull."""
 
     name = "MGDA"
     summary = "minimum-norm convex combination of the domain gradients"
     native_scale = "mean"
-    hparams = (_fixed("mgda_epsilon", 0.001, "epsilon", "Frank-Wolfe stopping tolerance"),
-               _fixed("mgda_max_iters", 100, "max_iters", "Frank-Wolfe iterations"))
+    params = (fixed("epsilon", 0.001, "Frank-Wolfe stopping tolerance"),
+              fixed("max_iters", 100, "Frank-Wolfe iterations"))
 
 
-class CAGrad(TorchJDRule):
+class CAGrad(TorchJDGramianRule):
     """CAGrad (Liu et al., NeurIPS 2021): the best worst-domain improvement near the mean.
 
     At unit scale: TorchJD zeroes a Gramian whose trace is below ``norm_eps`` and then
@@ -228,12 +239,12 @@ class CAGrad(TorchJDRule):
     summary = "maximizes the worst domain's improvement within a ball around the mean gradient"
     native_scale = "mean"
     requires = ("torchjd", "cvxpy", "clarabel")
-    hparams = (HParam("cagrad_c", 0.4, lambda r: float(r.uniform(0.1, 0.9)), "c",
-                      "radius of the ball around the mean gradient (relative to its norm)"),
-               _fixed("cagrad_norm_eps", 0.0001, "norm_eps"))
+    params = (Param("c", 0.4, lambda r: float(r.uniform(0.1, 0.9)),
+                    "radius of the ball around the mean gradient (relative to its norm)"),
+              fixed("norm_eps", 0.0001))
 
 
-class IMTLG(TorchJDRule):
+class IMTLG(TorchJDGramianRule):
     """IMTL-G (Liu et al., ICLR 2021): the combination with equal projections on every gradient."""
 
     name = "IMTLG"
@@ -241,18 +252,17 @@ class IMTLG(TorchJDRule):
     native_scale = "mean"
 
 
-class AlignedMTL(TorchJDRule):
+class AlignedMTL(TorchJDGramianRule):
     """Aligned-MTL (Senushkin et al., CVPR 2023): gradients aligned by the Gram's eigenbasis."""
 
     name = "AlignedMTL"
     summary = "the domain gradients made orthogonal with equal norms (condition number 1)"
     native_scale = "mean"
-    hparams = (HParam("alignedmtl_scale_mode", "min",
-                      lambda r: str(r.choice(["min", "median", "rmse"])), "scale_mode",
-                      "which singular value sets the scale", choices=("min", "median", "rmse")),)
+    params = (Param("scale_mode", "min", lambda r: str(r.choice(["min", "median", "rmse"])),
+                    "which singular value sets the scale", choices=("min", "median", "rmse")),)
 
 
-class GradVac(TorchJDRule):
+class GradVac(TorchJDGramianRule):
     """GradVac (Wang et al., ICLR 2021): pairwise cosines pulled to their running targets.
 
     At unit scale: TorchJD adds ``eps`` (1e-8) to the products of norms in its cosines,
@@ -263,89 +273,77 @@ class GradVac(TorchJDRule):
     name = "GradVac"
     equals_torchjd = "at unit scale"
     summary = "PCGrad-like corrections toward an EMA of each pair's cosine"
-    randomized = True
-    hparams = (HParam("gradvac_beta", 0.5, lambda r: float(10 ** r.uniform(-2.5, -0.3)), "beta",
-                      "EMA decay of the target cosines"),
-               _fixed("gradvac_eps", 1e-8, "eps"))
+    params = (Param("beta", 0.5, lambda r: float(10 ** r.uniform(-2.5, -0.3)),
+                    "EMA decay of the target cosines"),
+              fixed("eps", 1e-8))
 
 
-class NashMTL(TorchJDRule):
+class NashMTL(TorchJDSurrogateRule):
     """Nash-MTL (Navon et al., ICML 2022): weights of the Nash bargaining solution."""
 
     name = "NashMTL"
     equals_torchjd = "within solver tolerance"
     summary = "Nash bargaining weights (G a = 1 / a), norm capped at max_norm"
-    mode = "surrogate"
-    homogeneous = False
     scale_free_weights = False
     requires = ("torchjd", "cvxpy", "ecos")
-    hparams = (HParam("nashmtl_max_norm", 1.0, lambda r: float(10 ** r.uniform(-1, 1)),
-                      "max_norm", "cap on the update's norm (0: no cap)"),
-               _fixed("nashmtl_update_weights_every", 1, "update_weights_every"),
-               _fixed("nashmtl_optim_niter", 20, "optim_niter"))
+    params = (Param("max_norm", 1.0, lambda r: float(10 ** r.uniform(-1, 1)),
+                    "cap on the update's norm (0: no cap)"),
+              fixed("update_weights_every", 1),
+              fixed("optim_niter", 20))
 
     def constructor_kwargs(self, n_domains: int) -> dict[str, Any]:
         return {"n_tasks": n_domains, **self.config}
 
 
-class FairGrad(TorchJDRule):
+class FairGrad(TorchJDGramianRule):
     """FairGrad (Ban & Ji, ICML 2024): alpha-fair weights (G w = w^(-1/alpha))."""
 
     name = "FairGrad"
     equals_torchjd = "within solver tolerance"
     summary = "alpha-fair utility maximization over the domains"
-    homogeneous = False
     scale_free_weights = False
     requires = ("torchjd", "scipy")
-    hparams = (HParam("fairgrad_alpha", 1.0, lambda r: float(10 ** r.uniform(-0.5, 0.7)),
-                      "alpha", "fairness: 0 = sum, 1 = proportional, large = max-min"),
-               _fixed("fairgrad_max_iters", None, "max_iters"))
+    params = (Param("alpha", 1.0, lambda r: float(10 ** r.uniform(-0.5, 0.7)),
+                    "fairness: 0 = sum, 1 = proportional, large = max-min"),
+              fixed("max_iters", None))
 
 
-class ConFIG(TorchJDRule):
+class ConFIG(TorchJDSurrogateRule):
     """ConFIG (Liu et al., ICLR 2025): the direction with equal cosine to every gradient."""
 
     name = "ConFIG"
     summary = "the conflict-free direction with equal cosine to every domain gradient"
-    mode = "surrogate"
 
 
-class TrimmedMean(TorchJDRule):
+class TrimmedMean(TorchJDMatrixRule):
     """Coordinate-wise trimmed mean (Yin et al., ICML 2018): the median for N = 3."""
 
     name = "TrimmedMean"
     summary = "coordinate-wise mean after dropping the extreme values (median for 3 domains)"
-    mode = "matrix"
     native_scale = "mean"
     min_domains = 3
-    hparams = (_fixed("trimmedmean_trim_number", 1, "trim_number",
-                      "values dropped at each end of every coordinate"),)
+    params = (fixed("trim_number", 1, "values dropped at each end of every coordinate"),)
 
 
-class GradDrop(TorchJDRule):
+class GradDrop(TorchJDMatrixRule):
     """GradDrop (Chen et al., NeurIPS 2020): keep one sign per coordinate at random, by purity."""
 
     name = "GradDrop"
     summary = "per coordinate, keep the positive or negative parts at random by sign purity"
-    mode = "matrix"
-    randomized = True
-    hparams = (HParam("graddrop_leak", 0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])), "leak",
-                      "fraction of every gradient that always passes"),)
+    params = (Param("leak", 0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])),
+                    "fraction of every gradient that always passes"),)
 
     def constructor_kwargs(self, n_domains: int) -> dict[str, Any]:
         leak = self.config["leak"]
         return {"leak": None if not leak else torch.full((n_domains,), float(leak))}
 
 
-class ExcessMTL(TorchJDRule):
+class ExcessMTL(TorchJDMatrixRule):
     """ExcessMTL (He et al., ICML 2024): weights from each domain's estimated excess risk."""
 
     name = "ExcessMTL"
     summary = "weights from AdaGrad-style excess-risk estimates per domain"
-    mode = "matrix"
     native_scale = "mean"
-    homogeneous = False
-    hparams = (HParam("excessmtl_robust_step_size", 1.0,
-                      lambda r: float(10 ** r.uniform(-2, 0.5)), "robust_step_size",
-                      "step size of the weights' exponentiated update"),
-               _fixed("excessmtl_n_warmup_steps", 0, "n_warmup_steps"))
+    params = (Param("robust_step_size", 1.0, lambda r: float(10 ** r.uniform(-2, 0.5)),
+                    "step size of the weights' exponentiated update"),
+              fixed("n_warmup_steps", 0))

@@ -62,15 +62,10 @@ def load(input_dir: str) -> list:
 
 def env_names(datasets_seen) -> dict:
     """``{dataset: ENVIRONMENTS}`` for the datasets DomainBed knows (for panel titles)."""
-    from domainbed import datasets  # noqa: PLC0415
+    from .. import dataset_info  # noqa: PLC0415
 
-    names = {}
-    for name in datasets_seen:
-        try:
-            names[name] = list(datasets.get_dataset_class(name).ENVIRONMENTS)
-        except (NotImplementedError, AttributeError, KeyError):
-            pass
-    return names
+    found = {name: dataset_info.environments(name) for name in datasets_seen}
+    return {name: envs for name, envs in found.items() if envs is not None}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -4,7 +4,8 @@
         [--test_env 3] [--algorithms ERM AgrSum] [--baseline ERM] [--selection iid]
         [--output_dir DIR]
 
-Prints the table and writes ``by_<hparam>.csv`` and ``by_<hparam>.md`` to ``--output_dir``
+Prints the table and writes ``by_<hparam>_per_trial.csv`` (one row per run: the data),
+``by_<hparam>.csv`` and ``by_<hparam>.md`` (the table computed from it) to ``--output_dir``
 (default: ``SWEEP/report``). See :mod:`domainbed_surgery.analysis.by_hparam`.
 """
 
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..report import tables as rep
-from ..analysis.by_hparam import summarize_by_hparam
+from ..analysis.by_hparam import per_trial_by_hparam, summarize_per_trial
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,17 +53,20 @@ def main(argv=None) -> int:
     records = rep.load_records(args.input_dir)
     if not len(records):
         sys.exit(f"error: no results.jsonl records under {args.input_dir}")
-    frame = summarize_by_hparam(records, args.hparam, args.selection, args.algorithms,
-                                args.test_env, args.baseline)
-    if frame.empty:
+    per_trial = per_trial_by_hparam(records, args.hparam, args.selection, args.algorithms,
+                                    args.test_env)
+    if per_trial.empty:
         sys.exit(f"error: no single-test-env run under {args.input_dir} matches")
+    frame = summarize_per_trial(per_trial, args.baseline)
     out = Path(args.output_dir) if args.output_dir else Path(args.input_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / f"by_{args.hparam}.csv", index=False, float_format="%.10g")
+    per_trial.to_csv(out / f"by_{args.hparam}_per_trial.csv", index=False, float_format="%.17g")
+    frame.to_csv(out / f"by_{args.hparam}.csv", index=False, float_format="%.17g")
     table = frame.drop(columns=["hparam"]).rename(columns={"value": args.hparam})
     (out / f"by_{args.hparam}.md").write_text(markdown(table))
     print(table.to_string(index=False, float_format="%.3f"))
-    print(f"wrote {out / f'by_{args.hparam}.csv'}, {out / f'by_{args.hparam}.md'}")
+    print(f"wrote {out / f'by_{args.hparam}_per_trial.csv'}, {out / f'by_{args.hparam}.csv'}, "
+          f"{out / f'by_{args.hparam}.md'}")
     return 0
 
 

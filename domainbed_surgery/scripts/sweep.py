@@ -14,7 +14,7 @@ Adds ``--test_envs E [E ...]``: only the jobs whose held-out environments are al
 sweeps sized to a machine.
 
 It also stops on ``--hparams`` that is not a JSON object and warns about keys that no
-swept algorithm defines on the swept datasets (see :mod:`..glue.checks`).
+swept algorithm defines on the swept datasets (see :mod:`..plugin.checks`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import argparse
 import sys
 from types import ModuleType
 
-from ..glue.sweeps import check_hparams, check_test_envs, warn_other_frequencies, with_train_args
+from ..plugin.sweeps import check_hparams, check_test_envs, warn_other_frequencies, with_train_args
 from ..plugin.forward import forward, forward_prepared
 from ..plugin.registration import register
 

@@ -2,7 +2,7 @@
 
 Before training it stops on a ``--test_envs`` index that is not an environment of the
 dataset, or that leaves no training domain, and warns about ``--hparams`` keys that
-nothing defines for the algorithm and dataset (see :mod:`..glue.checks`); DomainBed's own
+nothing defines for the algorithm and dataset (see :mod:`..plugin.checks`); DomainBed's own
 script takes all three silently.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..glue import checks
+from ..plugin import checks
 from ..plugin.forward import forward
 from ..plugin.registration import register
 
 
 def check(argv) -> None:
-    """Run :mod:`..glue.checks` on the train arguments ``argv`` (DomainBed's defaults where absent)."""
+    """Run :mod:`..plugin.checks` on the train arguments ``argv`` (DomainBed's defaults where absent)."""
     parser = argparse.ArgumentParser(prog="python -m domainbed_surgery.scripts.train",
                                      add_help=False)
     parser.add_argument("--dataset", default="RotatedMNIST")

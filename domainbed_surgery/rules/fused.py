@@ -1,0 +1,122 @@
+"""One read of ``[N, P]`` per step: the Gram matrix, the agreement count (overall and per
+parameter tensor) and an elementwise rule's result, computed chunk by chunk while the
+chunk is in cache (:func:`one_pass`); :func:`combine_in_one_pass` completes any rule's
+update from it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .interface import ElementwiseRule, Rule
+from .kernels import (CHUNK, scratch_buffers, conflicts_into, upper_dots, gram_from_dots, widened_if_overflowed,
+                      check_finite_rows, check_grads, column_chunks)
+
+__all__ = ["OnePass", "one_pass", "combine_in_one_pass"]
+
+
+@dataclass
+class OnePass:
+    """What :func:`one_pass` computes: the Gram matrix and the number of agreeing components."""
+
+    gram: Tensor  # [N, N] float64
+    n_agree: Tensor  # int64 scalar: components where Eq. 2 holds
+    partial: Optional[Tensor] = None  # the elementwise rule's accumulated statistic
+    segment_agree: Optional[Tensor] = None  # int64 [S]: agreeing components per segment
+
+
+def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optional[Tensor] = None,
+             chunk: int = CHUNK, segments: Optional[Sequence[int]] = None) -> OnePass:
+    """The Gram matrix, the agreement count and, for an elementwise ``rule``, its result
+    (into ``out``), in one pass over ``[N, P]``.
+
+    The gradients are read chunk by chunk (:data:`CHUNK` columns), and every quantity is
+    computed from a chunk while it is in cache: the memory-bound work of a step reads the
+    ``[N, P]`` matrix once instead of once per quantity. A rule that is not elementwise
+    gets only the Gram matrix and the count (it runs afterwards, e.g. ``weights @ grads``).
+    ``segments`` (sizes of consecutive column ranges, e.g. parameter tensors) also counts
+    the agreeing components of each range, from the same chunks.
+    """
+    check_grads(grads)
+    n, p = grads.shape
+    if rule is not None and out is None:
+        out = grads.new_empty(p)
+    bounds = _bounds(segments, p)
+    conflicts, low, high, scratch = scratch_buffers(min(chunk, p), grads[0])
+    dots, n_conflicts, partials, segment_conflicts = [], [], [], []
+    for cols in column_chunks(p, chunk):
+        part = grads[:, cols]
+        k = part.shape[1]
+        dots += upper_dots(part)
+        c = conflicts_into(part, conflicts[:k], low[:k], high[:k], scratch[:k])
+        n_conflicts.append(c.count_nonzero())
+        if bounds is not None:
+            segment_conflicts += _segment_counts(c, cols.start, bounds)
+        if rule is not None:
+            partial = rule.combine_chunk(part, c, out[cols])
+            if partial is not None:
+                partials.append(partial)
+    n_agree = p - torch.stack(n_conflicts).sum()
+    gram = widened_if_overflowed(gram_from_dots(dots, n, grads.device), grads, chunk)
+    segment_agree = None
+    if bounds is not None:
+        sizes = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], device=grads.device)
+        per_segment = torch.zeros(len(sizes), dtype=torch.int64, device=grads.device)
+        for index, count in segment_conflicts:
+            per_segment[index] += count
+        segment_agree = sizes - per_segment
+    return OnePass(gram, n_agree, torch.stack(partials).sum() if partials else None, segment_agree)
+
+
+def _bounds(segments: Optional[Sequence[int]], p: int) -> Optional[list[int]]:
+    """Cumulative boundaries ``[0, s0, s0 + s1, ..., p]`` of ``segments`` (checked to cover P)."""
+    if segments is None:
+        return None
+    bounds = [0]
+    for size in segments:
+        bounds.append(bounds[-1] + int(size))
+    if bounds[-1] != p:
+        raise ValueError(f"segments cover {bounds[-1]} columns, grads have {p}")
+    return bounds
+
+
+def _segment_counts(conflicts: Tensor, start: int, bounds: list[int]) -> list[tuple[int, Tensor]]:
+    """(segment index, conflicting components) for each segment meeting this chunk."""
+    stop = start + conflicts.shape[0]
+    first = bisect.bisect_right(bounds, start) - 1
+    counts = []
+    for index in range(first, len(bounds) - 1):
+        a, b = max(bounds[index], start), min(bounds[index + 1], stop)
+        if a >= stop:
+            break
+        if b > a:
+            counts.append((index, conflicts[a - start:b - start].count_nonzero()))
+    return counts
+
+
+def combine_in_one_pass(rule: Rule, grads: Tensor, generator: Optional[torch.Generator] = None,
+                        out: Optional[Tensor] = None, segments: Optional[Sequence[int]] = None
+                        ) -> tuple[Tensor, OnePass]:
+    """``rule``'s update of ``grads`` the fast way, and the :class:`OnePass` it came with.
+
+    An elementwise rule is applied inside :func:`one_pass`, then
+    :meth:`~.interface.ElementwiseRule.finish` completes it (Agr-Rand's noise); any other
+    rule runs after the pass with its Gram matrix (for a Gramian rule, one
+    ``weights @ grads`` product). Same result as calling the rule (bitwise for Agr-Sum and
+    the Gramian rules; Agr-Rand draws its noise for the conflicting components only, so its
+    noise differs but not its distribution). Raises ``FloatingPointError`` on a non-finite
+    row before the rule runs.
+    """
+    fused = isinstance(rule, ElementwiseRule) and grads.shape[0] > 1  # N = 1: the gradient
+    if fused:
+        out = grads.new_empty(grads.shape[1]) if out is None else out
+    passed = one_pass(grads, rule if fused else None, out=out, segments=segments)
+    check_finite_rows(passed.gram, grads)
+    if fused:
+        return rule.finish(out, passed.partial, passed.n_agree, generator), passed
+    return rule(grads, generator, gram=passed.gram, out=out), passed
