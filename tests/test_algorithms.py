@@ -72,7 +72,7 @@ def test_each_algorithm_trains_to_lower_loss(domainbed, digits_batches, algorith
     with torch.no_grad():
         after = F.cross_entropy(alg.predict(x), y).item()
     assert after < before - 0.25
-    assert set(out) == {"loss", "agreement", "cosine"}
+    assert set(out) == {"loss", "agreement", "cosine", "diagnostics_every"}
     assert 0.0 <= out["agreement"] <= 1.0 and -1.0 <= out["cosine"] <= 1.0
 
 
@@ -131,7 +131,7 @@ def test_single_domain_is_plain_gradient_with_one_warning(domainbed, digits_batc
         warnings.simplefilter("error")
         out = alg.update(digits_batches[:1])  # no second warning
     # no pair of domains: no cosine is defined, so none is logged (not a NaN)
-    assert set(out) == {"loss", "agreement"}
+    assert set(out) == {"loss", "agreement", "diagnostics_every"}
 
 
 @pytest.mark.parametrize("algorithm", rules.names())
@@ -208,6 +208,35 @@ def test_per_layer_agreement_is_logged_on_request(domainbed, digits_batches):
     assert "agreement/0.input.weight" not in make(domainbed, "PCGrad").update(digits_batches)
 
 
+def test_per_layer_agreement_is_counted_in_the_one_pass(domainbed, digits_batches):
+    """The per-tensor fractions equal the Eq. 2 mask of the same gradients, split by tensor."""
+    alg = make(domainbed, "AgrSum", surgery_layer_agreement=True)
+    grads, losses = alg.gradients(digits_batches)
+    mask = rules.agreement_mask(grads.clone())
+    logged = alg.metrics(losses, alg.combine(grads))
+    expected = [m.float().mean().item() for m in mask.split([p.numel() for p in alg._params])]
+    got = [v for k, v in logged.items() if k.startswith("agreement/")]
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["AgrSum", "AgrRand", "PCGrad"])
+def test_diagnostics_every_k_steps_leave_the_update_alone(domainbed, digits_batches, name):
+    """k = 3: agreement and cosine on steps 0, 3, 6 only; the weights after 7 steps are
+    the same as with diagnostics on every step."""
+    every = make(domainbed, name, surgery_diagnostics_every=1)
+    sparse = make(domainbed, name, surgery_diagnostics_every=3)
+    logged = []
+    for _ in range(7):
+        every.update(digits_batches)
+        logged.append(sparse.update(digits_batches))
+    assert [("agreement" in out) for out in logged] == [True, False, False, True, False, False, True]
+    assert all(out["diagnostics_every"] == 3.0 and "loss" in out for out in logged)
+    for p, q in zip(every.parameters(), sparse.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="surgery_diagnostics_every must be a positive integer"):
+        make(domainbed, name, surgery_diagnostics_every=0)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_gradient_scale_against_erm(domainbed, digits_batches, reduction):
     """Every domain given the same minibatch, no BatchNorm, no dropout: the domain
@@ -250,7 +279,8 @@ def test_reduction_scales_the_rule_from_its_native_scale(domainbed, digits_batch
     for reduction in (native, other):
         alg = make(domainbed, name, surgery_reduction=reduction)
         alg._prepare(3)
-        outs[reduction] = alg.combine(grads)[0].clone()
+        alg.combine(grads)
+        outs[reduction] = alg.update_vector.clone()
     if not randomized(name):  # random rules: the fast path draws differently
         expected = rules.get(name)()(grads, torch.Generator(
             device=rules.get(name)().generator_device(grads)).manual_seed(0))

@@ -72,6 +72,7 @@ def test_our_hparams_are_ERMs_plus_our_keys(domainbed, algorithm):
 
     original = hparams_registry._hparams.__wrapped__  # DomainBed's own function
     ours = {"backbone", "pretrained", "frozen_prefix", "surgery_batches", "surgery_layer_agreement",
+            "surgery_diagnostics_every",
             "surgery_reduction"} | {domainbed_key(rules.get(algorithm), p)
                                                           for p in rules.get(algorithm).params}
     for dataset, seed in itertools.product(DATASETS, (0, 1, 7, 12345)):

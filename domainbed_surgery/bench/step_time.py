@@ -36,13 +36,13 @@ Memory, per algorithm, after the timed steps (one extra ``update`` each):
   as our ``[N, P]`` buffer; views are counted once). Device independent.
 
 A second table splits each surgery algorithm's step into its parts, timed
-separately (interleaved too): ``gradients`` (``domain_gradients``, BatchNorm's
-statistics recorded), ``one_pass`` (:func:`~domainbed_surgery.rules.one_pass` alone: the
+separately (interleaved too), through the algorithm's public phases: ``gradients``
+(:meth:`~domainbed_surgery.surgery.algorithm.GradientSurgery.gradients`), ``one_pass`` (:func:`~domainbed_surgery.rules.one_pass` alone: the
 Gram matrix, the agreement count and an elementwise rule's result in one read of the
 ``[N, P]`` buffer), ``combine`` (the whole rule: that pass, then Agr-Rand's noise or a
 Gramian rule's ``weights @ grads``; so ``combine - one_pass`` is what follows the pass),
-``metrics`` (agreement fraction and cosine that ``update`` logs) and ``adam``
-(``optimizer.step``). ``share`` is a part's median over the update's median.
+``metrics`` (what ``update`` logs: loss, agreement fraction and cosine) and ``adam``
+(``apply``: the update as ``.grad``, ``optimizer.step``). ``share`` is a part's median over the update's median.
 
 Data are random tensors from a fixed seed; hparams are DomainBed's defaults for
 the algorithm on ``RotatedDigits`` (DomainBed's MNIST CNN) or ``PACS``, with the
@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
-import ctypes.util
 import gc
 import json
 import os
@@ -63,62 +61,22 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from ..plugin.registration import register
+from .. import rules
+from .memory import StepMemory, state_bytes
+from .settings import ALIASES, CPU_SETTINGS, GPU_SETTINGS, SETTINGS, Setting, make_minibatches, \
+    resolve_settings
 
-register()  # everything below measures DomainBed's classes, ours included
-
-from domainbed import algorithms as db_algorithms  # noqa: E402 - needs register() first
-from domainbed import hparams_registry  # noqa: E402
-
-from .. import rules  # noqa: E402
+__all__ = ["SETTINGS", "ALIASES", "CPU_SETTINGS", "GPU_SETTINGS", "DEFAULT_ALGORITHMS", "PAPER",
+           "FLOOR", "SURGERY_ALGORITHMS", "PARTS", "RESULT_COLUMNS", "PART_COLUMNS", "Setting",
+           "make_minibatches", "resolve_settings", "build", "run_setting", "run"]
 
 MIB = 2 ** 20
-
-
-# --------------------------------------------------------------------------------------
-# Settings
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Setting:
-    """One benchmark configuration: model, input and minibatch shape."""
-
-    name: str
-    backbone: Optional[str]  # None: DomainBed's own featurizer for the input shape
-    input_shape: tuple[int, ...]  # [C, H, W] images, or [D] vectors (DomainBed's MLP)
-    num_domains: int
-    batch_size: int  # per domain
-    dataset: str  # whose DomainBed default hparams to use
-    num_classes: int
-    hparams: tuple = ()  # extra (name, value) pairs over the dataset defaults
-
-
-SETTINGS: dict[str, Setting] = {s.name: s for s in (
-    Setting("alexnet-224-32", "alexnet", (3, 224, 224), 3, 32, "PACS", 7),
-    Setting("alexnet-224-128", "alexnet", (3, 224, 224), 3, 128, "PACS", 7),
-    Setting("resnet50-224-32", "resnet50", (3, 224, 224), 3, 32, "PACS", 7),
-    Setting("resnet50-224-128", "resnet50", (3, 224, 224), 3, 128, "PACS", 7),
-    Setting("mnist-28", None, (1, 28, 28), 3, 32, "RotatedDigits", 10),
-    Setting("resnet18-64", "resnet18", (3, 64, 64), 3, 16, "PACS", 7),
-    # For tests of this script (DomainBed's MLP on 16-d vectors): a second on a CPU,
-    # not a measurement of anything.
-    Setting("tiny", None, (16,), 3, 4, "RotatedDigits", 10,
-            (("mlp_width", 64), ("mlp_depth", 3), ("mlp_dropout", 0.0))),
-)}
-#: Names that stand for several settings.
-ALIASES = {
-    "alexnet-224": ("alexnet-224-32", "alexnet-224-128"),
-    "resnet50-224": ("resnet50-224-32", "resnet50-224-128"),
-}
-GPU_SETTINGS = ("alexnet-224-32", "alexnet-224-128", "resnet50-224-32", "resnet50-224-128")
-CPU_SETTINGS = ("mnist-28", "resnet18-64")
-
+#: The reference rows (:mod:`.references`, built on DomainBed's ERM).
 PAPER = "paper-scheme"
 FLOOR = "per-domain-floor"
 #: Every available rule of the registry (the paper's three first, then TorchJD's).
@@ -134,108 +92,42 @@ PART_COLUMNS = ("setting", "algorithm", "part", "median_ms", "p25_ms", "p75_ms",
                 "update_median_ms", "share")
 
 
-def resolve_settings(names) -> list[Setting]:
-    """Setting objects for ``names`` (aliases expanded, order kept, no duplicates)."""
-    out: list[Setting] = []
-    for name in names:
-        for n in ALIASES.get(name, (name,)):
-            if n not in SETTINGS:
-                raise SystemExit(f"unknown setting {n!r}; choose from "
-                                 f"{sorted(SETTINGS) + sorted(ALIASES)}")
-            if SETTINGS[n] not in out:
-                out.append(SETTINGS[n])
-    return out
-
-
 # --------------------------------------------------------------------------------------
-# Reference algorithms
+# Building the algorithms (DomainBed's classes, ours registered, and the references)
 # --------------------------------------------------------------------------------------
-class PaperSchemeAgrSum(db_algorithms.ERM):
-    """Agr-Sum the way the authors' public code computes it (reference for timing).
+def _domainbed():
+    """DomainBed's algorithms and hparams registry, with everything of ours registered."""
+    from ..plugin.registration import register  # noqa: PLC0415
 
-    Per domain: ``zero_grad``, forward, cross-entropy, backward, then every
-    parameter's ``.grad`` is cloned, flattened and concatenated into a new vector.
-    The N vectors are stacked; agreement is taken from freshly allocated sign
-    tensors (``|sum_i sgn(g_i)| == N``, so all-zero components count as conflicts,
-    as in their code; the sum there is 0 either way); the masked sum is written
-    back into ``.grad`` slice by slice and Adam steps. Same result as
-    :class:`~domainbed_surgery.surgery.algorithm.GradientSurgery`, different memory traffic.
-    """
+    register()
+    from domainbed import algorithms, hparams_registry  # noqa: PLC0415
 
-    def update(self, minibatches, unlabeled=None):
-        params = [p for p in self.network.parameters() if p.requires_grad]
-        flat_grads = []
-        total_loss = 0.0
-        for x, y in minibatches:
-            self.optimizer.zero_grad()
-            loss = F.cross_entropy(self.predict(x), y)
-            loss.backward()
-            flat_grads.append(torch.cat([
-                (p.grad.clone() if p.grad is not None else torch.zeros_like(p)).flatten()
-                for p in params]))
-            total_loss += loss.item()
-        stacked = torch.stack(flat_grads)
-        signs = torch.sign(stacked)
-        agree = signs.sum(dim=0).abs() == len(minibatches)
-        combined = stacked.sum(dim=0) * agree.to(stacked.dtype)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            p.grad.copy_(combined[offset:offset + n].view_as(p))
-            offset += n
-        self.optimizer.step()
-        return {"loss": total_loss / len(minibatches)}
+    return algorithms, hparams_registry
 
 
-class PerDomainFloor(db_algorithms.ERM):
-    """N per-domain forward/backward passes summed into ``.grad``, one Adam step.
+def reference_classes() -> dict:
+    """The reference rows' classes, by name."""
+    _domainbed()
+    from .references import PerDomainFloor, PaperSchemeAgrSum  # noqa: PLC0415
 
-    Not a DG method: the least any per-domain-gradient algorithm must do (the
-    extra passes over ERM's one batched pass, and one optimizer step).
-    """
-
-    def update(self, minibatches, unlabeled=None):
-        self.optimizer.zero_grad()
-        losses = []
-        for x, y in minibatches:
-            loss = F.cross_entropy(self.predict(x), y)
-            loss.backward()
-            losses.append(loss.detach())
-        self.optimizer.step()
-        return {"loss": torch.stack(losses).mean().item()}
-
-
-REFERENCE_CLASSES = {PAPER: PaperSchemeAgrSum, FLOOR: PerDomainFloor}
+    return {PAPER: PaperSchemeAgrSum, FLOOR: PerDomainFloor}
 
 
 def hparams_for(algorithm: str, setting: Setting) -> dict:
     """DomainBed default hparams for ``algorithm`` with the setting's backbone, untrained."""
-    base = "ERM" if algorithm in REFERENCE_CLASSES else algorithm
-    hparams = hparams_registry.default_hparams(base, setting.dataset)
+    base = "ERM" if algorithm in (PAPER, FLOOR) else algorithm
+    hparams = _domainbed()[1].default_hparams(base, setting.dataset)
     hparams.update({"backbone": setting.backbone, "pretrained": False, **dict(setting.hparams)})
     return hparams
 
 
 def build(algorithm: str, setting: Setting, device: torch.device, seed: int = 0):
     """The algorithm for ``setting``, initialized from ``seed``, in train mode on ``device``."""
-    cls = REFERENCE_CLASSES.get(algorithm) or db_algorithms.get_algorithm_class(algorithm)
+    cls = reference_classes().get(algorithm) or _domainbed()[0].get_algorithm_class(algorithm)
     torch.manual_seed(seed)  # as DomainBed's train.py does before building
     alg = cls(setting.input_shape, setting.num_classes, setting.num_domains,
               hparams_for(algorithm, setting))
     return alg.to(device).train()
-
-
-def make_minibatches(setting: Setting, device: torch.device, seed: int = 0):
-    """``num_domains`` random (x, y) minibatches from a fixed seed."""
-    gen = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(setting.num_domains):
-        x = torch.randn((setting.batch_size, *setting.input_shape), generator=gen)
-        y = torch.randint(0, setting.num_classes, (setting.batch_size,), generator=gen)
-        batches.append((x.to(device), y.to(device)))
-    return batches
 
 
 # --------------------------------------------------------------------------------------
@@ -255,102 +147,6 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object
     return time.perf_counter() - start, result
 
 
-def _proc_status_kib(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _malloc_trim() -> None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class StepMemory:
-    """Peak memory one call adds above what was resident right before it (see module doc)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        if device.type == "cuda":
-            self.method = "cuda max_memory_allocated - memory_allocated"
-        elif _proc_status_kib("VmHWM") is not None and _reset_peak_rss():
-            self.method = "VmHWM (reset via clear_refs) - VmRSS, after malloc_trim"
-        else:
-            self.method = "unavailable"
-
-    def measure(self, fn: Callable[[], object]) -> Optional[float]:
-        """Run ``fn`` once; bytes of peak growth, or None if this platform cannot tell."""
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            base = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            fn()
-            torch.cuda.synchronize(self.device)
-            return float(torch.cuda.max_memory_allocated(self.device) - base)
-        if self.method == "unavailable":
-            fn()
-            return None
-        _malloc_trim()
-        base = _proc_status_kib("VmRSS")
-        _reset_peak_rss()
-        fn()
-        peak = _proc_status_kib("VmHWM")
-        return float(max(peak - base, 0) * 1024)
-
-
-def state_bytes(obj) -> int:
-    """Bytes of the distinct tensor storages reachable from ``obj``'s state.
-
-    Walks modules (parameters, their ``.grad``, buffers, submodules), optimizers'
-    state and plain attributes (tensors, lists, tuples, dicts); counts each storage
-    once, so views into one buffer (our per-parameter gradient views) cost nothing extra.
-    """
-    storages: dict[tuple, int] = {}
-    seen: set[int] = set()
-
-    def visit(x, depth: int) -> None:
-        if depth > 200 or id(x) in seen:
-            return
-        seen.add(id(x))
-        if isinstance(x, torch.Tensor):
-            s = x.untyped_storage()
-            storages[(x.device.type, x.device.index, s.data_ptr())] = s.nbytes()
-            if isinstance(x, torch.nn.Parameter) and x.grad is not None:
-                visit(x.grad, depth + 1)
-        elif isinstance(x, torch.optim.Optimizer):
-            visit(list(x.state.values()), depth + 1)
-        elif isinstance(x, dict):
-            for k, v in x.items():
-                visit(k, depth + 1)
-                visit(v, depth + 1)
-        elif isinstance(x, (list, tuple, set)):
-            for v in x:
-                visit(v, depth + 1)
-        elif isinstance(x, torch.nn.Module):
-            visit(vars(x), depth + 1)
-
-    visit(obj, 0)
-    return sum(storages.values())
-
-
 def _quantiles(values: list[float]) -> tuple[float, float, float, float]:
     """(median, 25th percentile, 75th percentile, min) in milliseconds."""
     ms = sorted(v * 1e3 for v in values)
@@ -364,23 +160,17 @@ def _quantiles(values: list[float]) -> tuple[float, float, float, float]:
 # One setting
 # --------------------------------------------------------------------------------------
 def _parts_once(alg, minibatches, device) -> dict[str, float]:
-    """Time the pieces of one surgery ``update`` separately (same calls, same order)."""
+    """Time the public phases of one surgery ``update`` separately (same calls, same order),
+    with the diagnostics of a diagnostic step."""
     out = {}
-    out["gradients"], (grads, _losses) = timed(lambda: alg.domain_gradients(minibatches), device)
+    out["gradients"], (grads, losses) = timed(lambda: alg.gradients(minibatches), device)
     rule = alg.rule
     out["one_pass"], _ = timed(lambda: rules.one_pass(
-        grads, rule if isinstance(rule, rules.ElementwiseRule) else None, out=alg._combined), device)
-    out["combine"], (_, passed) = timed(lambda: alg.combine(grads), device)
-
-    def metrics():
-        agreement = passed.n_agree / grads.shape[1]
-        cosine = rules.pairwise_cosine(passed.gram)
-        return torch.stack([agreement.double(), cosine]).tolist()
-
-    out["metrics"], _ = timed(metrics, device)
-    for p, g in zip(alg._params, alg._combined_views):  # as update() does before its step
-        p.grad = g
-    out["adam"], _ = timed(alg.optimizer.step, device)
+        grads, rule if isinstance(rule, rules.ElementwiseRule) else None, out=alg.update_vector),
+        device)
+    out["combine"], passed = timed(lambda: alg.combine(grads, diagnostics=True), device)
+    out["metrics"], _ = timed(lambda: alg.metrics(losses, passed), device)
+    out["adam"], _ = timed(alg.apply, device)
     return out
 
 
@@ -518,8 +308,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = resolve_settings(
         args.settings or (GPU_SETTINGS if device.type == "cuda" else CPU_SETTINGS))
+    known = set(reference_classes()) | set(_domainbed()[0].ALGORITHMS)
     for name in args.algorithms:
-        if name not in REFERENCE_CLASSES and name not in db_algorithms.ALGORITHMS:
+        if name not in known:
             raise SystemExit(f"unknown algorithm {name!r}")
     if "ERM" not in args.algorithms:
         print("note: ERM not among --algorithms, so no ratio to ERM", file=sys.stderr)

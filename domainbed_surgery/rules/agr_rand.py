@@ -34,13 +34,16 @@ class AgrRand(ElementwiseRule):
         return torch.where(mask, total, noise, out=total)
 
     def combine_chunk(self, grads, conflicts, out):
+        """The agreeing sum of these columns; returns [sum |g*|, agreeing count] (float64)."""
         torch.add(grads[0], grads[1], out=out)
         for row in grads[2:]:
             out.add_(row)
         out.masked_fill_(conflicts, 0.0)
-        return torch.linalg.vector_norm(out, ord=1, dtype=torch.float64)
+        n_agree = conflicts.numel() - conflicts.count_nonzero()
+        return torch.stack([torch.linalg.vector_norm(out, ord=1, dtype=torch.float64),
+                            n_agree.to(torch.float64)])
 
-    def finish(self, out, partial, n_agree, generator):
+    def finish(self, out, partial, generator):
         """Noise where the domains conflict: exactly the zeros of ``out``, since an agreeing
         component is a sum of nonzero numbers of one sign, which is never zero.
 
@@ -48,7 +51,8 @@ class AgrRand(ElementwiseRule):
         draw; on a GPU, where draws are cheap and a count would wait for the device, every
         component does and the agreeing ones keep their sum (same distribution).
         """
-        sigma = torch.where(n_agree > 0, partial / n_agree.clamp_min(1), 0.0).to(out.dtype)
+        l1, n_agree = partial[0], partial[1].to(torch.int64)
+        sigma = torch.where(n_agree > 0, l1 / n_agree.clamp_min(1), 0.0).to(out.dtype)
         if out.device.type != "cpu":
             noise = torch.randn(out.shape, generator=generator, device=out.device,
                                 dtype=out.dtype).mul_(sigma)

@@ -13,56 +13,74 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .interface import ElementwiseRule, Rule
+from .interface import ElementwiseRule, GramianRule, Rule
 from .kernels import (CHUNK, scratch_buffers, conflicts_into, upper_dots, gram_from_dots, widened_if_overflowed,
-                      check_finite_rows, check_grads, column_chunks)
+                      check_finite_rows, check_grads, column_chunks, gram_matrix)
 
 __all__ = ["OnePass", "one_pass", "combine_in_one_pass"]
 
 
 @dataclass
 class OnePass:
-    """What :func:`one_pass` computes: the Gram matrix and the number of agreeing components."""
+    """What :func:`one_pass` computes: the domain gradients' squared norms, and with the
+    diagnostics the Gram matrix and the number of agreeing components (overall and per
+    segment)."""
 
-    gram: Tensor  # [N, N] float64
-    n_agree: Tensor  # int64 scalar: components where Eq. 2 holds
+    sq_norms: Tensor  # [N] float64: the Gram matrix's diagonal, always
+    gram: Optional[Tensor] = None  # [N, N] float64
+    n_agree: Optional[Tensor] = None  # int64 scalar: components where Eq. 2 holds
     partial: Optional[Tensor] = None  # the elementwise rule's accumulated statistic
     segment_agree: Optional[Tensor] = None  # int64 [S]: agreeing components per segment
 
 
 def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optional[Tensor] = None,
-             chunk: int = CHUNK, segments: Optional[Sequence[int]] = None) -> OnePass:
-    """The Gram matrix, the agreement count and, for an elementwise ``rule``, its result
-    (into ``out``), in one pass over ``[N, P]``.
+             chunk: int = CHUNK, segments: Optional[Sequence[int]] = None,
+             diagnostics: bool = True, gram: Optional[bool] = None) -> OnePass:
+    """In one pass over ``[N, P]``: the squared norms of the domain gradients, an
+    elementwise ``rule``'s result (into ``out``) and, with ``diagnostics``, the Gram
+    matrix and the agreement count.
 
     The gradients are read chunk by chunk (:data:`CHUNK` columns), and every quantity is
     computed from a chunk while it is in cache: the memory-bound work of a step reads the
     ``[N, P]`` matrix once instead of once per quantity. A rule that is not elementwise
-    gets only the Gram matrix and the count (it runs afterwards, e.g. ``weights @ grads``).
-    ``segments`` (sizes of consecutive column ranges, e.g. parameter tensors) also counts
-    the agreeing components of each range, from the same chunks.
+    runs afterwards (e.g. ``weights @ grads``). ``segments`` (sizes of consecutive column
+    ranges, e.g. parameter tensors) also counts the agreeing components of each range.
+    Without ``diagnostics`` neither the count nor, unless ``gram`` asks for it, the
+    N(N-1)/2 inner products besides the N squared norms (the finiteness check) are taken.
     """
     check_grads(grads)
     n, p = grads.shape
+    gram = diagnostics if gram is None else gram
     if rule is not None and out is None:
         out = grads.new_empty(p)
-    bounds = _bounds(segments, p)
+    bounds = _bounds(segments, p) if diagnostics else None
     conflicts, low, high, scratch = scratch_buffers(min(chunk, p), grads[0])
     dots, n_conflicts, partials, segment_conflicts = [], [], [], []
     for cols in column_chunks(p, chunk):
         part = grads[:, cols]
         k = part.shape[1]
-        dots += upper_dots(part)
+        dots += upper_dots(part) if gram else [torch.dot(row, row) for row in part]
+        if rule is None and not diagnostics:
+            continue
         c = conflicts_into(part, conflicts[:k], low[:k], high[:k], scratch[:k])
-        n_conflicts.append(c.count_nonzero())
+        if diagnostics:
+            n_conflicts.append(c.count_nonzero())
         if bounds is not None:
             segment_conflicts += _segment_counts(c, cols.start, bounds)
         if rule is not None:
             partial = rule.combine_chunk(part, c, out[cols])
             if partial is not None:
                 partials.append(partial)
-    n_agree = p - torch.stack(n_conflicts).sum()
-    gram = widened_if_overflowed(gram_from_dots(dots, n, grads.device), grads, chunk)
+    partial = torch.stack(partials).sum(dim=0) if partials else None
+    if not gram:
+        sq_norms = torch.stack(dots).view(-1, n).double().sum(dim=0)
+        if grads.dtype != torch.float64 and not bool(torch.isfinite(sq_norms).all()) \
+                and bool(torch.isfinite(grads).all()):  # float32 overflow of finite rows
+            sq_norms = gram_matrix(grads.double(), chunk).diagonal().clone()
+        return OnePass(sq_norms, partial=partial)
+    matrix = widened_if_overflowed(gram_from_dots(dots, n, grads.device), grads, chunk)
+    if not diagnostics:
+        return OnePass(matrix.diagonal().clone(), matrix, partial=partial)
     segment_agree = None
     if bounds is not None:
         sizes = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], device=grads.device)
@@ -70,7 +88,8 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
         for index, count in segment_conflicts:
             per_segment[index] += count
         segment_agree = sizes - per_segment
-    return OnePass(gram, n_agree, torch.stack(partials).sum() if partials else None, segment_agree)
+    return OnePass(matrix.diagonal().clone(), matrix, p - torch.stack(n_conflicts).sum(), partial,
+                   segment_agree)
 
 
 def _bounds(segments: Optional[Sequence[int]], p: int) -> Optional[list[int]]:
@@ -100,23 +119,24 @@ def _segment_counts(conflicts: Tensor, start: int, bounds: list[int]) -> list[tu
 
 
 def combine_in_one_pass(rule: Rule, grads: Tensor, generator: Optional[torch.Generator] = None,
-                        out: Optional[Tensor] = None, segments: Optional[Sequence[int]] = None
-                        ) -> tuple[Tensor, OnePass]:
+                        out: Optional[Tensor] = None, segments: Optional[Sequence[int]] = None,
+                        diagnostics: bool = True) -> tuple[Tensor, OnePass]:
     """``rule``'s update of ``grads`` the fast way, and the :class:`OnePass` it came with.
 
     An elementwise rule is applied inside :func:`one_pass`, then
     :meth:`~.interface.ElementwiseRule.finish` completes it (Agr-Rand's noise); any other
-    rule runs after the pass with its Gram matrix (for a Gramian rule, one
-    ``weights @ grads`` product). Same result as calling the rule (bitwise for Agr-Sum and
-    the Gramian rules; Agr-Rand draws its noise for the conflicting components only, so its
-    noise differs but not its distribution). Raises ``FloatingPointError`` on a non-finite
-    row before the rule runs.
+    rule runs after the pass (a Gramian rule with the Gram matrix, computed for it
+    whatever ``diagnostics`` says: one ``weights @ grads`` product). Same result as calling
+    the rule (bitwise for Agr-Sum and the Gramian rules; Agr-Rand draws its noise for the
+    conflicting components only, so its noise differs but not its distribution). Raises
+    ``FloatingPointError`` on a non-finite row before the rule runs.
     """
     fused = isinstance(rule, ElementwiseRule) and grads.shape[0] > 1  # N = 1: the gradient
     if fused:
         out = grads.new_empty(grads.shape[1]) if out is None else out
-    passed = one_pass(grads, rule if fused else None, out=out, segments=segments)
-    check_finite_rows(passed.gram, grads)
+    passed = one_pass(grads, rule if fused else None, out=out, segments=segments,
+                      diagnostics=diagnostics, gram=diagnostics or isinstance(rule, GramianRule))
+    check_finite_rows(passed.sq_norms, grads)
     if fused:
-        return rule.finish(out, passed.partial, passed.n_agree, generator), passed
+        return rule.finish(out, passed.partial, generator), passed
     return rule(grads, generator, gram=passed.gram, out=out), passed

@@ -166,9 +166,10 @@ class ElementwiseRule(Rule):
         """Write the update of some columns into ``out`` (``conflicts``: where Eq. 2 fails);
         may return a statistic, summed over the chunks and handed to :meth:`finish`."""
 
-    def finish(self, out: Tensor, partial: Optional[Tensor], n_agree: Tensor,
+    def finish(self, out: Tensor, partial: Optional[Tensor],
                generator: Optional[torch.Generator]) -> Tensor:
-        """Complete the update after :meth:`combine_chunk` covered every column."""
+        """Complete the update after :meth:`combine_chunk` covered every column
+        (``partial``: the sum of its statistics)."""
         return out
 
 

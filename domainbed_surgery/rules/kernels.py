@@ -113,13 +113,13 @@ def widened_if_overflowed(gram: Tensor, grads: Tensor, chunk: int) -> Tensor:
     return gram_matrix(grads.double(), chunk)
 
 
-def check_finite_rows(gram: Tensor, grads: Tensor) -> None:
+def check_finite_rows(sq_norms: Tensor, grads: Tensor) -> None:
     """Raise ``FloatingPointError`` naming the rows of ``grads`` that are not finite.
 
-    A row is finite iff its squared norm, on the Gram diagonal, is (:func:`gram_matrix`
-    has already recomputed a float32 overflow in float64), so the rows are read only then.
+    A row is finite iff its squared norm (``sq_norms``, the Gram diagonal; a float32
+    overflow already recomputed in float64) is, so the rows are read only then.
     """
-    if bool(torch.isfinite(gram.diagonal()).all()):
+    if bool(torch.isfinite(sq_norms).all()):
         return
     finite = torch.isfinite(grads).all(dim=1).tolist()
     bad = [i for i, ok in enumerate(finite) if not ok]

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .. import rules, run_facts
 from .batchnorm import PooledBatchNormStats
-from .hparams import check_switches, rule_from_hparams
+from .hparams import check_diagnostics_every, check_switches, rule_from_hparams
 
 
 class GradientSurgery(ERM):
@@ -55,6 +55,14 @@ class GradientSurgery(ERM):
 
     hparam ``surgery_layer_agreement`` (default false): also return the agreement
     fraction of every parameter tensor as ``agreement/<parameter name>``.
+
+    hparam ``surgery_diagnostics_every`` (k, default :data:`.hparams.DIAGNOSTICS_EVERY`):
+    ``agreement`` and ``cosine`` are computed on the first step and every k-th after
+    (DomainBed averages them over those steps since the previous checkpoint); the update
+    itself is the same on every step. ``update`` returns ``diagnostics_every`` = k.
+
+    One step is four public phases, which ``update`` and the benchmark both call:
+    :meth:`gradients`, :meth:`combine`, :meth:`apply`, :meth:`metrics`.
     """
 
     rule_class: ClassVar[type[rules.Rule]]
@@ -78,6 +86,8 @@ class GradientSurgery(ERM):
         self.surgery_batches, self.surgery_reduction = check_switches(hparams, rule.native_scale)
         self._recent: dict[int, collections.deque] = {}  # "single" arm: domain -> batches
         self.layer_agreement = bool(hparams.get("surgery_layer_agreement", False))
+        self.diagnostics_every = check_diagnostics_every(hparams)
+        self._steps = 0  # updates so far: diagnostics on every diagnostics_every-th
         run_facts.record("algorithm", {
             "rule": rule.name, "rule_config": dict(rule.config), "native_scale": rule.native_scale,
             "surgery_reduction": self.surgery_reduction, "surgery_batches": self.surgery_batches})
@@ -166,25 +176,63 @@ class GradientSurgery(ERM):
         recent = list(self._recent[d])
         return [recent[k % len(recent)] for k in range(n)]
 
-    def combine(self, grads: Tensor) -> tuple[Tensor, rules.OnePass]:
-        """The rule's update of ``grads``, in the preallocated vector, at the
-        ``surgery_reduction`` scale; and the step's one pass over ``grads`` (Gram matrix,
-        agreement count) for the diagnostics.
+    def gradients(self, minibatches) -> tuple[Tensor, Tensor]:
+        """Phase 1: the ``[N, P]`` gradients to combine (:meth:`gradient_batches`, then
+        :meth:`domain_gradients`) and the N losses."""
+        return self.domain_gradients(self.gradient_batches(minibatches))
 
-        One read of ``grads`` computes the Gram matrix, the agreement count and, for an
-        elementwise rule (Agr-Sum, Agr-Rand), its result; other rules then take
-        ``weights @ grads`` or their own pass (:func:`~..rules.combine_in_one_pass`).
-        Raises ``FloatingPointError`` on a non-finite domain gradient, before any weight
-        or BatchNorm statistic changes.
+    def combine(self, grads: Tensor, diagnostics: bool = True) -> rules.OnePass:
+        """Phase 2: the rule's update of ``grads`` into :attr:`update_vector`, at the
+        ``surgery_reduction`` scale; returns the step's one pass over ``grads``.
+
+        One read of ``grads`` computes the squared norms (the finiteness check), an
+        elementwise rule's result (Agr-Sum, Agr-Rand) and, with ``diagnostics``, the Gram
+        matrix and the agreement counts (per parameter tensor too, with
+        ``surgery_layer_agreement``); other rules then take ``weights @ grads`` or their own
+        pass (:func:`~..rules.combine_in_one_pass`). Raises ``FloatingPointError`` on a
+        non-finite domain gradient, before any weight or BatchNorm statistic changes.
         """
         rule, n = self.rule, grads.shape[0]
         combined, passed = rules.combine_in_one_pass(
-            rule, grads, self._rng(rule.generator_device(grads)), out=self._combined)
+            rule, grads, self._rng(rule.generator_device(grads)), out=self._combined,
+            segments=self._sizes if self.layer_agreement and diagnostics else None,
+            diagnostics=diagnostics)
         if combined is not self._combined:
             self._combined.copy_(combined)
         if n > 1 and self.surgery_reduction != rule.native_scale:
             self._combined.mul_(n if self.surgery_reduction == "sum" else 1.0 / n)
-        return self._combined, passed
+        return passed
+
+    def apply(self) -> None:
+        """Phase 3: :attr:`update_vector` becomes the parameters' ``.grad``; one optimizer step."""
+        for p, g in zip(self._params, self._combined_views):
+            p.grad = g
+        self.optimizer.step()
+
+    def metrics(self, losses: Tensor, passed: rules.OnePass) -> dict[str, float]:
+        """Phase 4: what ``update`` returns (DomainBed logs it): ``loss``, and where the pass
+        computed them ``agreement``, ``cosine`` and per-tensor ``agreement/<name>``;
+        ``diagnostics_every`` says on which share of the steps they are computed."""
+        values = [losses.mean()]
+        if passed.n_agree is not None:
+            values += [passed.n_agree / passed.sq_norms.new_tensor(self._combined.numel()),
+                       rules.pairwise_cosine(passed.gram)]
+        if passed.segment_agree is not None:
+            values += [a / size for a, size in zip(passed.segment_agree, self._sizes)]
+        values = torch.stack([v.double() for v in values]).tolist()  # one device sync
+        logged = {"loss": values[0], "diagnostics_every": float(self.diagnostics_every)}
+        if passed.n_agree is not None:
+            logged.update(agreement=values[1], cosine=values[2])
+            if math.isnan(logged["cosine"]):  # no defined pair (one domain, zero gradients)
+                del logged["cosine"]
+        if passed.segment_agree is not None:
+            logged.update({f"agreement/{name}": v for name, v in zip(self._names, values[3:])})
+        return logged
+
+    @property
+    def update_vector(self) -> Optional[Tensor]:
+        """The ``[P]`` update of the last :meth:`combine` (views of it become ``.grad``)."""
+        return self._combined
 
     def update(self, minibatches, unlabeled=None):
         if len(minibatches) == 0:
@@ -193,29 +241,15 @@ class GradientSurgery(ERM):
             warnings.warn(f"{type(self).__name__} got a single training domain: gradient "
                           "surgery has nothing to combine, so this is plain ERM.", stacklevel=2)
             self._warned_single_domain = True
-
+        diagnostics = self._steps % self.diagnostics_every == 0
+        self._steps += 1
         # Per-domain batch statistics in the forwards, one pooled running update per step.
         with PooledBatchNormStats(self.network) as batchnorm:
-            grads, losses = self.domain_gradients(self.gradient_batches(minibatches))
-        _, passed = self.combine(grads)
+            grads, losses = self.gradients(minibatches)
+        passed = self.combine(grads, diagnostics)
         batchnorm.commit()
-        for p, g in zip(self._params, self._combined_views):
-            p.grad = g
-        self.optimizer.step()
-
-        agreement = passed.n_agree / grads.shape[1]
-        cosine = rules.pairwise_cosine(passed.gram)
-        values = [losses.mean(), agreement, cosine]
-        if self.layer_agreement:  # a diagnostic: one more pass, for the per-tensor counts
-            mask = rules.agreement_mask(grads)
-            values += [m.count_nonzero() / m.numel() for m in mask.split(self._sizes)]
-        values = torch.stack([v.double() for v in values]).tolist()  # one device sync
-        logged = {"loss": values[0], "agreement": values[1], "cosine": values[2]}
-        if math.isnan(logged["cosine"]):  # no defined pair (one domain, zero gradients)
-            del logged["cosine"]
-        if self.layer_agreement:
-            logged.update({f"agreement/{name}": v for name, v in zip(self._names, values[3:])})
-        return logged
+        self.apply()
+        return self.metrics(losses, passed)
 
 
 def _views(flat: Tensor, params, sizes) -> list[Tensor]:

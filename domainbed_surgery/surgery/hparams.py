@@ -2,7 +2,8 @@
 
 Each algorithm gets ERM's hparams plus fixed switches that are never searched,
 ``surgery_batches`` (the paper's control, Fig. 4), ``surgery_reduction`` (the update's
-scale) and ``surgery_layer_agreement`` (a diagnostic), and its rule's parameters under
+scale), ``surgery_layer_agreement`` and ``surgery_diagnostics_every`` (diagnostics), and
+its rule's parameters under
 the key ``<rule name in lower case>_<parameter>`` (``cagrad_c``, ``pcgrad_order``), as
 DomainBed prefixes its own (``irm_lambda``). Light: imports nothing heavy.
 """
@@ -20,6 +21,12 @@ SURGERY_BATCHES = ("multi", "single")
 #: the rule was published at. Adam is scale-free but for its eps and its L2 weight decay,
 #: which "sum" makes N times weaker than ERM's.
 SURGERY_REDUCTIONS = ("sum", "mean")
+
+
+#: ``surgery_diagnostics_every``: the logged agreement and cosine are computed on every
+#: k-th step (a Gramian rule gets its Gram matrix on every step regardless). Chosen by
+#: measurement, see the README's step-time section.
+DIAGNOSTICS_EVERY = 1
 
 
 class HParam(NamedTuple):
@@ -41,6 +48,7 @@ def surgery_hparams(rule_class) -> tuple[HParam, ...]:
     return (HParam("surgery_batches", "multi", lambda r: "multi"),
             HParam("surgery_layer_agreement", False, lambda r: False),
             HParam("surgery_reduction", scale, lambda r: scale),
+            HParam("surgery_diagnostics_every", DIAGNOSTICS_EVERY, lambda r: DIAGNOSTICS_EVERY),
             *(HParam(domainbed_key(rule_class, p), p.default, p.sample) for p in rule_class.params))
 
 
@@ -71,3 +79,11 @@ def check_switches(hparams: Mapping[str, Any], native_scale: str) -> tuple[str, 
         raise ValueError(f"hparam surgery_reduction must be one of {SURGERY_REDUCTIONS}, "
                          f"got {reduction!r}")
     return batches, reduction
+
+
+def check_diagnostics_every(hparams: Mapping[str, Any]) -> int:
+    """``surgery_diagnostics_every`` from ``hparams``: a positive integer."""
+    every = hparams.get("surgery_diagnostics_every", DIAGNOSTICS_EVERY)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"hparam surgery_diagnostics_every must be a positive integer, got {every!r}")
+    return every

@@ -66,7 +66,8 @@ def test_agrrand_keeps_the_agreeing_sums_and_draws_the_same_noise():
     total = g.sum(0)
     assert torch.equal(fast[mask], total[mask])
     sigma = total[mask].abs().double().mean().item()  # the authors' scale
-    assert passed.partial.item() / passed.n_agree.item() == pytest.approx(sigma, rel=1e-9)
+    assert passed.partial[1].item() == passed.n_agree.item() == mask.sum().item()
+    assert passed.partial[0].item() / passed.partial[1].item() == pytest.approx(sigma, rel=1e-9)
     noise = fast[~mask].double()
     assert (noise != 0).all()
     assert stats.kstest(noise.numpy() / sigma, "norm").pvalue > 1e-3
@@ -97,3 +98,40 @@ def test_float32_overflow_is_recomputed_in_float64():
     g[1] = -1e30
     passed = rules.one_pass(g, chunk=4)
     assert torch.isfinite(passed.gram).all() and passed.gram[0, 1].item() == pytest.approx(-1e61)
+
+
+@pytest.mark.parametrize("name", ["AgrSum", "AgrRand"])
+def test_without_diagnostics_the_update_is_the_same_and_only_norms_are_taken(name):
+    g = grads_with_zeros(p=3001, seed=5)
+    rule = rules.get(name)()
+    full, with_diag = rules.combine_in_one_pass(rule, g, gen(1), diagnostics=True)
+    lean, without = rules.combine_in_one_pass(rule, g, gen(1), diagnostics=False)
+    assert torch.equal(full, lean)
+    assert without.gram is None and without.n_agree is None
+    assert torch.equal(without.sq_norms, with_diag.gram.diagonal())
+
+
+def test_a_gramian_rule_gets_its_gram_matrix_without_diagnostics():
+    g = grads_with_zeros(p=2000, seed=6)
+    rule = rules.get("PCGrad")()
+    lean, passed = rules.combine_in_one_pass(rule, g, gen(1), diagnostics=False)
+    assert torch.equal(passed.gram, rules.gram_matrix(g))
+    assert torch.equal(lean, rule(g, gen(1), gram=rules.gram_matrix(g)))
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1001])
+def test_agreement_per_segment_is_counted_in_the_same_pass(chunk):
+    g = grads_with_zeros(p=1001, seed=7)
+    sizes = [1, 300, 13, 600, 87]
+    passed = rules.one_pass(g, chunk=chunk, segments=sizes)
+    mask = rules.agreement_mask(g)
+    assert passed.segment_agree.tolist() == [int(m.sum()) for m in mask.split(sizes)]
+    with pytest.raises(ValueError, match="segments cover 1000 columns"):
+        rules.one_pass(g, segments=[1000])
+
+
+def test_non_finite_rows_are_found_without_diagnostics():
+    g = grads_with_zeros(p=500, seed=8)
+    g[2, 17] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"domain\(s\) \[2\]"):
+        rules.combine_in_one_pass(rules.get("AgrSum")(), g, gen(), diagnostics=False)
