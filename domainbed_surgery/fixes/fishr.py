@@ -76,7 +76,7 @@ def functional_per_sample_grads(classifier: nn.Module, features: Tensor,
 class Fishr(ERM):
     """Invariant gradient variances for out-of-distribution generalization, BackPACK-free."""
 
-    #: Marks this class as ours for :mod:`.registration` (it sits at DomainBed's name).
+    #: Marks this class as ours for :mod:`..plugin.registration` (it sits at DomainBed's name).
     domainbed_surgery: ClassVar[bool] = True
     #: DomainBed's BackPACK Fishr, set when registration replaces it.
     original: ClassVar[Optional[type]] = None

@@ -4,7 +4,7 @@
 twin) batch a ``RandomSampler`` over the dataset with ``drop_last=True``. With fewer
 examples than ``batch_size`` (and no ``weights``), no batch is ever produced, and the
 loader spins forever looking for one: the training job hangs, and under a launcher holds
-its slot for ever. Registration (:mod:`.registration`) puts subclasses that check this one
+its slot for ever. Registration (:mod:`..plugin.registration`) puts subclasses that check this one
 condition at DomainBed's names, for every dataset and algorithm (DomainBed's included:
 the check changes nothing but a job that would never end into an error). With
 ``weights`` DomainBed draws ``batch_size`` examples with replacement, which always works,

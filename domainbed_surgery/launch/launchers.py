@@ -4,7 +4,7 @@ DomainBed's ``sweep.py`` hands a launcher the list of shell commands
 (``python -m domainbed.scripts.train ... --output_dir DIR``) and knows nothing else
 about it; its CLI has no place for launcher options, so they come from environment
 variables. Both launchers are added to ``domainbed.command_launchers.REGISTRY`` by
-:mod:`.registration`, so ``sweep launch --command_launcher parallel`` just works.
+:mod:`..plugin.registration`, so ``sweep launch --command_launcher parallel`` just works.
 
 Neither launcher writes DomainBed's ``done`` file or deletes anything: a job that
 fails or is interrupted stays *Incomplete* for ``sweep.py``, so

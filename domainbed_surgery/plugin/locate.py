@@ -1,6 +1,6 @@
 """Find the user's DomainBed checkout: importable as ``domainbed``, or under ``DOMAINBED_DIR``.
 
-Imports nothing heavy: this runs at interpreter start (see :mod:`._startup`).
+Imports nothing heavy: this runs at interpreter start (see :mod:`.._startup`).
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ def registered() -> dict[str, list[str]]:
 
 
 def _our_loaders(module) -> list[str]:
-    """DomainBed's loader names that hold our checked subclass (see :mod:`.loaders`)."""
+    """DomainBed's loader names that hold our checked subclass (see :mod:`..fixes.loaders`)."""
     from ..fixes.loaders import CHECKED  # noqa: PLC0415 - light
 
     return [] if module is None else [n for n in CHECKED if _ours(getattr(module, n, None))]

@@ -2,7 +2,7 @@
 
 One panel per target domain, one box per algorithm: box = quartiles, line = median,
 triangle = mean, whiskers = min/max, and an asterisk above a box whose paired Wilcoxon
-test against the baseline gives p < alpha (taken from the :class:`~.report.Table`).
+test against the baseline gives p < alpha (taken from the :class:`~.tables.Table`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Pure computation only, no formatting or plotting:
   hparam samples and trials, and the cells whose runs mix protocols (flagged, see
   :func:`summarize`).
 
-Formatters live in :mod:`.report_format`, figures in :mod:`.figures`.
+Formatters live in :mod:`.format`, figures in :mod:`.figures`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ class AgrRand(ElementwiseRule):
     """The sum where all domains agree in sign, ``N(0, sigma^2)`` samples elsewhere.
 
     ``sigma`` is the mean of ``|g*_p|`` over the agreeing components ``p`` of the whole
-    model (:func:`~.base.agreement_mask`: components that are zero in every domain
+    model (:func:`~.kernels.agreement_mask`: components that are zero in every domain
     conflict, so they get noise and stay out of the mean, as in the authors' code). If
     no component agrees, ``sigma`` has no reference scale and is defined as 0: the result
     is then all zeros (the authors' code gives NaN there).

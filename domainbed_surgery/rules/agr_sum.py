@@ -8,7 +8,7 @@ from .interface import ElementwiseRule
 
 
 class AgrSum(ElementwiseRule):
-    """``g*_k = sum_i g_k^(i)`` where :func:`~.base.agreement_mask` holds, else 0."""
+    """``g*_k = sum_i g_k^(i)`` where :func:`~.kernels.agreement_mask` holds, else 0."""
 
     name = "AgrSum"
     rank = 0

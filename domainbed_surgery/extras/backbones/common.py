@@ -37,7 +37,7 @@ _ANNOUNCED: set[str] = set()
 
 def announce(line: str, facts: Optional[Mapping] = None) -> None:
     """Print ``line`` once per process (train.py tees stdout into out.txt) and record
-    ``facts`` about the featurizer in the run's ``protocol.json`` (:mod:`.run_facts`)."""
+    ``facts`` about the featurizer in the run's ``protocol.json`` (:mod:`...run_facts`)."""
     if line not in _ANNOUNCED:
         _ANNOUNCED.add(line)
         print(line, flush=True)

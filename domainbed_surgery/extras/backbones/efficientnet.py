@@ -13,7 +13,7 @@ hparam ``frozen_prefix`` (default null: full fine-tuning) names the last stage o
 pretrained prefix that stays frozen in eval mode (:data:`STAGES`): its BatchNorm uses
 the ImageNet running statistics, no gradient reaches it, and it is the same function
 for every algorithm, so its output for an image can be computed once
-(:mod:`.prefix_cache`). The featurizer accepts images ([3, H, W]) or that output
+(:mod:`..datasets.prefix_cache`). The featurizer accepts images ([3, H, W]) or that output
 ([C_prefix, h, w], what a dataset that applied the prefix yields).
 """
 

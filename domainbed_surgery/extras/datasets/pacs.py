@@ -15,7 +15,7 @@ class PACS64(MultipleDomainDataset):
     """PACS read from ``<data_dir>/PACS`` (DomainBed's layout) at 64x64 instead of 224x224.
 
     For CPU-sized runs with a small backbone (default: ResNet-18 from scratch, see
-    :mod:`.hparams`); transforms and augmentation mirror DomainBed's image datasets
+    :mod:`...plugin.hparams`); transforms and augmentation mirror DomainBed's image datasets
     (ImageNet normalization; random resized crop, flip, color jitter and grayscale on
     training domains when ``data_augmentation``). The folder must hold exactly PACS's
     four domain folders, each with exactly its seven class folders (see
