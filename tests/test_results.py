@@ -67,3 +67,59 @@ def test_committed_similarity_summary_matches_its_csv():
     frame = pd.read_csv(folder / "gradient_similarity.csv", dtype={"test_envs": str})
     assert gs.summary_markdown(gs.summarize(frame)) == \
         (folder / gs.SUMMARY_NAME).read_text(encoding="utf-8")
+
+
+# -- the numbers the prose quotes, computed again from the committed data --------------------
+def text(path: Path) -> str:
+    """A document with its whitespace collapsed (prose wraps anywhere)."""
+    return " ".join(path.read_text(encoding="utf-8").split())
+
+
+def cell(per_trial: pd.DataFrame, algorithm: str, target: str = "Avg") -> pd.Series:
+    """Selected accuracies of one cell by trial seed; ``Avg``: per trial, the mean over targets."""
+    mine = per_trial[per_trial["algorithm"] == algorithm]
+    wide = mine.pivot_table(index="trial_seed", columns="target", values="acc")
+    return wide.mean(axis=1) if target == "Avg" else wide[target]
+
+
+def mean_std(values: pd.Series) -> str:
+    return f"{values.mean():.1f} ({values.std(ddof=1):.1f})"
+
+
+def pacs64_claims() -> list[tuple[str, str]]:
+    """(document, phrase) pairs: each phrase quotes numbers computed here from the CSVs."""
+    from scipy import stats
+
+    similarity = pd.read_csv(RESULTS / "gradient_similarity" / "gradient_similarity.csv")
+    after = similarity[similarity["step"] > 0]
+    table1 = pd.read_csv(RESULTS / "table1" / "per_trial_iid.csv", dtype={"target": str})
+    curves = pd.read_csv(RESULTS / "table1" / "agreement_curves.csv")
+    curves = curves[curves["step"] > 0]
+    control = pd.read_csv(RESULTS / "control" / "diagnostics.csv").groupby("surgery_batches").mean(
+        numeric_only=True)
+    erm, agrrand = cell(table1, "ERM"), cell(table1, "AgrRand")
+    p = stats.wilcoxon(agrrand, erm).pvalue
+    return [
+        ("README.md", f"in {(after['intra'] > after['inter']).sum()} of the {len(after)} "
+                      "measurements after step 0"),
+        ("README.md", f"(cosine {after['intra'].mean():.3f} within against "
+                      f"{after['inter'].mean():.3f} across)"),
+        ("README.md", f"ERM: {mean_std(erm)}% averaged over P and S"),
+        ("README.md", f"AgrSum {mean_std(cell(table1, 'AgrSum'))} and PCGrad "
+                      f"{mean_std(cell(table1, 'PCGrad'))}"),
+        ("README.md", f"AgrRand {mean_std(agrrand)}: worse than ERM (paired Wilcoxon p = {p:.2f}"),
+        ("README.md", f"(mean cosine {abs(curves['cosine'].mean()):.2f}), and only "
+                      f"{100 * curves['agreement'].mean():.1f}% of their components agree"),
+        ("README.md", f"(cosine {control.loc['single', 'cosine']:.3f} against "
+                      f"{abs(control.loc['multi', 'cosine']):.3f})"),
+        ("docs/results/pacs64/control/README.md",
+         f"cosine {control.loc['single', 'cosine']:.3f} against {abs(control.loc['multi', 'cosine']):.3f}"),
+    ]
+
+
+@pytest.mark.parametrize("document, phrase", pacs64_claims() if RESULTS.is_dir() else [],
+                         ids=lambda v: v if len(v) < 40 else v[:40])
+def test_prose_quotes_the_data(document, phrase):
+    """Every number these phrases quote is recomputed from the committed CSVs: an edited
+    CSV or a rounded-wrong sentence fails here."""
+    assert phrase in text(REPO / document), f"{document} should say: {phrase}"
