@@ -19,11 +19,23 @@ import pytest
 from scipy import stats
 
 from domainbed_surgery.plugin import locate
-from domainbed_surgery.report import tables as rep
 from domainbed_surgery.report import format as fmt
+from domainbed_surgery.report import protocol as proto
+from domainbed_surgery.report import records as rec
+from domainbed_surgery.report import summary, trials
 
-SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / \
-    "domainbed_sweep_sample"
+def _sample_dir() -> Path:
+    """The shared sample sweep: ``shared/data`` beside the checkout, or beside a folder
+    above it (a git worktree under ``wt/``)."""
+    here = Path(__file__).resolve().parent.parent
+    for folder in here.parents:
+        found = folder / "shared" / "data" / "domainbed_sweep_sample"
+        if found.is_dir():
+            return found
+    return here.parent / "shared" / "data" / "domainbed_sweep_sample"
+
+
+SAMPLE = _sample_dir()
 SELECTION_NAMES = {  # DomainBed's SelectionMethod.name -> our key
     "training-domain validation set": "iid",
     "leave-one-domain-out cross-validation": "loo",
@@ -46,7 +58,7 @@ def sample(domainbed):
     """(records, parsed results.txt) of the shared sample sweep, or skip."""
     if not (SAMPLE / "results.txt").is_file():
         pytest.skip(f"sample sweep not found at {SAMPLE}")
-    return rep.load_records(SAMPLE), parse_results_txt(SAMPLE / "results.txt")
+    return rec.load_records(SAMPLE), parse_results_txt(SAMPLE / "results.txt")
 
 
 def parse_results_txt(path: Path) -> dict:
@@ -76,7 +88,7 @@ def parse_results_txt(path: Path) -> dict:
 @pytest.mark.parametrize("key", ["iid", "loo", "oracle"])
 def test_sample_matches_collect_results(sample, key):
     records, expected = sample
-    table = rep.summarize(rep.per_trial_accuracies(records, key), "VLCS", key)
+    table = summary.summarize(trials.per_trial_accuracies(records, key), "VLCS", key)
     assert table.targets == ["C", "L", "S", "V"]
     assert table.algorithms == ["ERM"]
     want = expected[key]["ERM"]
@@ -96,8 +108,8 @@ def test_sample_std_is_domainbed_err_times_sqrt_n_over_n_minus_1(sample):
     from domainbed.scripts.collect_results import format_mean
 
     records, _ = sample
-    pt = rep.per_trial_accuracies(records, "iid")
-    table = rep.summarize(pt, "VLCS", "iid")
+    pt = trials.per_trial_accuracies(records, "iid")
+    table = summary.summarize(pt, "VLCS", "iid")
     for target in table.targets:
         accs = pt[pt["target"] == target]["acc"].to_numpy() / 100
         _, err, _ = format_mean(accs, latex=False)
@@ -107,7 +119,7 @@ def test_sample_std_is_domainbed_err_times_sqrt_n_over_n_minus_1(sample):
 
 def test_sample_n_per_cell_is_trial_seeds_with_a_single_test_env_run(sample):
     records, _ = sample
-    table = rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS")
+    table = summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS")
     for env, target in enumerate(table.targets):
         seeds = {r["args"]["trial_seed"] for r in records if r["args"]["test_envs"] == [env]}
         assert len(seeds) >= 2
@@ -173,8 +185,8 @@ def write_sweep(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def hand(domainbed, tmp_path_factory):
     root = write_sweep(tmp_path_factory.mktemp("sweep"))
-    pt = rep.per_trial_accuracies(rep.load_records(root), "iid")
-    return root, pt, rep.summarize(pt, "VLCS", "training-domain validation set")
+    pt = trials.per_trial_accuracies(rec.load_records(root), "iid")
+    return root, pt, summary.summarize(pt, "VLCS", "training-domain validation set")
 
 
 def test_hand_per_trial_values_are_the_selected_checkpoints(hand):
@@ -283,7 +295,7 @@ def test_hand_formats(hand):
 
 def test_no_baseline_says_so(hand):
     _, pt, _ = hand
-    t = rep.summarize(pt[pt["algorithm"] != "ERM"], "VLCS", baseline="ERM")
+    t = summary.summarize(pt[pt["algorithm"] != "ERM"], "VLCS", baseline="ERM")
     assert t.baseline is None and not t.cells["significant"].any()
     assert "no test: baseline ERM not in the sweep" in t.cell("C", "AgrSum")["note"]
     assert "No significance test" in " ".join(fmt.footnote(t))
@@ -295,18 +307,18 @@ def test_min_pairs_boundary(n, p_reachable):
 
     a = pd.Series(np.arange(n) + 10.0)
     b = pd.Series(np.zeros(n))
-    test = rep.wilcoxon_vs_baseline(a, b)
+    test = summary.wilcoxon_vs_baseline(a, b)
     assert test.p_value == pytest.approx(2 / 2 ** n)
     assert (test.p_value < 0.05) == p_reachable
     assert ("too few pairs" in test.note) != p_reachable
-    assert rep.min_pairs_for(0.05) == 6
+    assert summary.min_pairs_for(0.05) == 6
 
 
 def test_identical_to_baseline_is_explained():
     import pandas as pd
 
     s = pd.Series([1.0, 2.0, 3.0])
-    test = rep.wilcoxon_vs_baseline(s, s)
+    test = summary.wilcoxon_vs_baseline(s, s)
     assert test.p_value == 1.0 and test.note == "n=3: identical to the baseline on every pair"
 
 
@@ -349,14 +361,12 @@ def test_cli_on_sample(sample, tmp_path, capsys):
 
 
 def test_control_arms_are_labelled_and_stand_beside_their_method(domainbed):
-    from domainbed_surgery.report import tables as rep
-
     record = {"args": {"algorithm": "AgrSum"}, "hparams": {"surgery_batches": "single"}}
-    assert rep._with_arm_label(record)["args"]["algorithm"] == "AgrSum-single"
+    assert trials.with_arm_label(record)["args"]["algorithm"] == "AgrSum-single"
     assert record["args"]["algorithm"] == "AgrSum"  # the input is not modified
     plain = {"args": {"algorithm": "AgrSum"}, "hparams": {"surgery_batches": "multi"}}
-    assert rep._with_arm_label(plain) is plain
-    order = rep.algorithm_order(["PCGrad-single", "AgrSum", "PCGrad", "AgrSum-single", "ERM"])
+    assert trials.with_arm_label(plain) is plain
+    order = trials.algorithm_order(["PCGrad-single", "AgrSum", "PCGrad", "AgrSum-single", "ERM"])
     assert order == ["ERM", "AgrSum", "AgrSum-single", "PCGrad", "PCGrad-single"]
 
 
@@ -374,7 +384,7 @@ def test_sample_states_its_protocol(sample):
     random search (batch size drawn per hparams/trial seed), DomainBed's own ResNet-50
     from a DomainBed without resnet50_augmix."""
     records, _ = sample
-    t = rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS", records=records)
+    t = summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS", records=records)
     assert fmt.protocol_lines(t) == SAMPLE_PROTOCOL
     assert fmt.footnote(t)[:2] == SAMPLE_PROTOCOL
     assert t.protocol.searched == {"batch_size"} and not t.cells["mixed"].any()
@@ -415,8 +425,8 @@ def write_protocol_sweep(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def proto_table(domainbed, tmp_path_factory):
     root = write_protocol_sweep(tmp_path_factory.mktemp("protocol"))
-    records = rep.load_records(root)
-    return root, rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS",
+    records = rec.load_records(root)
+    return root, summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS",
                                records=records)
 
 
@@ -465,8 +475,8 @@ def test_same_protocol_says_so_and_searched_batch_is_not_a_mix(domainbed, tmp_pa
             _run(tmp_path, "ERM", 0, trial, 0.7, hseed=hseed, batch_size=8 + 10 * trial + hseed)
             _run(tmp_path, "AgrSum", 0, trial, 0.7, hseed=hseed,
                  batch_size=8 + 10 * trial + hseed, surgery_reduction="sum")
-    records = rep.load_records(tmp_path)
-    t = rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS", records=records)
+    records = rec.load_records(tmp_path)
+    t = summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS", records=records)
     lines = fmt.protocol_lines(t)
     assert "batch_size 8-19 (searched)" in lines[0]
     assert lines[0].endswith("; surgery_reduction sum (AgrSum).")
@@ -477,9 +487,9 @@ def test_same_protocol_says_so_and_searched_batch_is_not_a_mix(domainbed, tmp_pa
     # one (hparams_seed, trial_seed) with two batch sizes is a mix, not a search
     runs = [{"args": {"hparams_seed": 0, "trial_seed": 0}, "protocol": {"batch_size": b}}
             for b in (8, 16)]
-    assert rep._mixed("batch_size", runs) == [8, 16]
+    assert proto.mixed("batch_size", runs) == [8, 16]
     runs[1]["args"]["trial_seed"] = 1
-    assert rep._mixed("batch_size", runs) == []
+    assert proto.mixed("batch_size", runs) == []
 
 
 @pytest.mark.parametrize("dataset, hparams, expected", [
@@ -502,7 +512,7 @@ def test_same_protocol_says_so_and_searched_batch_is_not_a_mix(domainbed, tmp_pa
 def test_run_protocol_names_backbone_and_weights(domainbed, dataset, hparams, expected):
     record = {"args": {"dataset": dataset, "algorithm": "ERM", "steps": None,
                        "checkpoint_freq": None}, "hparams": hparams}
-    got = rep.run_protocol(record)
+    got = proto.run_protocol(record)
     assert (got["backbone"], got["weights"], got["pretrained"]) == expected
     from domainbed import datasets
 
@@ -510,7 +520,7 @@ def test_run_protocol_names_backbone_and_weights(domainbed, dataset, hparams, ex
     assert (got["steps"], got["checkpoint_freq"]) == (cls.N_STEPS, cls.CHECKPOINT_FREQ)
     assert "surgery_reduction" not in got
     record["args"]["algorithm"] = "PCGrad"
-    assert rep.run_protocol(record)["surgery_reduction"] == "not recorded"
+    assert proto.run_protocol(record)["surgery_reduction"] == "not recorded"
 
 
 def test_a_sweep_of_some_targets_shows_those_rows_and_chosen_columns(domainbed, tmp_path):
@@ -521,14 +531,14 @@ def test_a_sweep_of_some_targets_shows_those_rows_and_chosen_columns(domainbed, 
             _run(tmp_path, "ERM", env, trial, 0.5 + 0.1 * trial)
             _run(tmp_path, "AgrSum", env, trial, 0.6 + 0.1 * trial)
             _run(tmp_path, "PCGrad", env, trial, 0.4)
-    records = rep.load_records(tmp_path)
-    pt = rep.per_trial_accuracies(records, "iid")
-    (table,) = rep.tables(pt, "iid", records=records, algorithms=["AgrSum", "ERM"])
+    records = rec.load_records(tmp_path)
+    pt = trials.per_trial_accuracies(records, "iid")
+    (table,) = summary.tables(pt, "iid", records=records, algorithms=["AgrSum", "ERM"])
     assert table.targets == ["L", "V"] and table.omitted_targets == ["C", "S"]
     assert table.algorithms == ["AgrSum", "ERM"]
     avg = table.cell("Avg", "AgrSum")
     assert avg["n"] == 3 and avg["mean"] == pytest.approx(70.0)
     assert "Rows: the 2 target domain(s) this sweep held out (L, V); not run: C, S." in \
         fmt.footnote(table)
-    (full,) = rep.tables(pt, "iid", records=records)
+    (full,) = summary.tables(pt, "iid", records=records)
     assert full.algorithms == ["ERM", "AgrSum", "PCGrad"]

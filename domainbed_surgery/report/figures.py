@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .tables import Table
+from .summary import Table
 
 FORMATS = ("png", "pdf")
 

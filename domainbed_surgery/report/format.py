@@ -1,6 +1,6 @@
 """Render a :class:`~.report.Table` as plain text, Markdown, LaTeX or CSV.
 
-Formatting only: every number comes from :func:`domainbed_surgery.report.tables.summarize`.
+Formatting only: every number comes from :func:`domainbed_surgery.report.summary.summarize`.
 Cells read "mean (std)"; the row's best mean is marked (``*x*`` in text, bold in
 Markdown/LaTeX), a dagger marks p < alpha against the baseline, a double dagger a cell
 whose runs mix protocols, and a footnote states the protocol (what was compared, read
@@ -14,7 +14,9 @@ from collections import OrderedDict
 
 import pandas as pd
 
-from .tables import AVG, DECIMALS, Protocol, Table, format_value, min_pairs_for
+from .protocol import Protocol, format_value
+from .summary import DECIMALS, Table, min_pairs_for
+from .trials import AVG
 
 DAGGER = "\u2020"
 #: Marks a cell whose runs mix protocols (e.g. different steps).

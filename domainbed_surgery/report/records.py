@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO, Union
 
 from ..plugin import locate
@@ -61,6 +62,16 @@ def load_records(path: PathLike):
               "DomainBed's collect_results does; the numbers can change when they finish.",
               file=sys.stderr)
     return Q(records)
+
+
+def incomplete_runs(input_dir: PathLike) -> list[str]:
+    """Run folders with a ``results.jsonl`` but no ``done`` file (still running or crashed).
+
+    DomainBed's loader uses their records anyway; the report says how many there are.
+    """
+    root = Path(input_dir)
+    return sorted(d.name for d in root.iterdir()
+                  if (d / "results.jsonl").is_file() and not (d / "done").exists())
 
 
 def install() -> None:

@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..report import tables as rep
+from ..report import records as rec
+from ..report import trials
 from ..analysis.by_hparam import per_trial_by_hparam, summarize_per_trial
 
 
@@ -27,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test_env", type=int, default=None, help="one target only")
     p.add_argument("--algorithms", nargs="+", default=None)
     p.add_argument("--baseline", default="ERM")
-    p.add_argument("--selection", default="iid", choices=sorted(rep.SELECTION_METHODS))
+    p.add_argument("--selection", default="iid", choices=sorted(trials.SELECTION_METHODS))
     p.add_argument("--output_dir", default=None, help="default: <input_dir>/report")
     return p.parse_args(argv)
 
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not Path(args.input_dir).is_dir():
         sys.exit(f"error: --input_dir {args.input_dir} is not a folder")
-    records = rep.load_records(args.input_dir)
+    records = rec.load_records(args.input_dir)
     if not len(records):
         sys.exit(f"error: no results.jsonl records under {args.input_dir}")
     per_trial = per_trial_by_hparam(records, args.hparam, args.selection, args.algorithms,
