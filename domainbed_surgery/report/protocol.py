@@ -1,8 +1,13 @@
-"""What a table compared, read from its runs' ``args`` and ``hparams``.
+"""What a table compared, read from its runs: args, hparams and the facts training recorded.
 
-:func:`protocol` states, per algorithm: steps, checkpoint frequency, batch size, backbone
-and weights, pretrained, data augmentation, ``surgery_reduction``, the hparams that differ
-between algorithms, the hparam samples and trials, and the cells whose runs mix protocols.
+:func:`protocol` states, per algorithm: steps, checkpoint frequency, batch size, the
+featurizer (backbone, weights, pretrained, frozen prefix, share of its parameters
+trained), data augmentation, ``surgery_reduction``, the hparams that differ between
+algorithms, the hparam samples and trials, and the cells whose runs mix protocols.
+The featurizer items are read from the run's ``protocol.json`` (written by training,
+:mod:`domainbed_surgery.run_facts`; the loader puts it on each record under
+:data:`~.records.FACTS_KEY`), never re-derived here: a run without it says
+:data:`NOT_RECORDED`.
 """
 
 from __future__ import annotations
@@ -11,19 +16,22 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
-from ..plugin import locate
-from .trials import AVG, SINGLE_DOMAIN_SUFFIX, with_arm_label
+from .. import dataset_info
+from .records import FACTS_KEY
+from .trials import AVG, with_arm_label
 
 #: Protocol items, in the order the report states them.
 PROTOCOL_ITEMS = ("steps", "checkpoint_freq", "batch_size", "backbone", "weights", "pretrained",
-                  "data_augmentation", "surgery_reduction")
+                  "frozen_prefix", "trained_share", "data_augmentation", "surgery_reduction")
 #: Items a DomainBed random search draws per (hparams_seed, trial_seed): values that vary
 #: only between hparam samples are the search, not a mix of protocols.
 SEARCHED_ITEMS = ("batch_size",)
-#: hparams stated by the protocol items (``resnet18``/``resnet50_augmix`` through the weights),
-#: so not listed again among the hparams that differ between algorithms.
-PROTOCOL_HPARAMS = ("batch_size", "backbone", "pretrained", "data_augmentation",
-                    "surgery_reduction", "resnet18", "resnet50_augmix")
+#: hparam -> the protocol item that states it: not listed again among the hparams that
+#: differ between algorithms when that item is recorded for every run.
+PROTOCOL_HPARAMS = {"batch_size": "batch_size", "backbone": "backbone",
+                    "pretrained": "pretrained", "data_augmentation": "data_augmentation",
+                    "surgery_reduction": "surgery_reduction", "resnet18": "weights",
+                    "resnet50_augmix": "weights", "frozen_prefix": "frozen_prefix"}
 #: Shown for an item the records do not hold.
 NOT_RECORDED = "not recorded"
 
@@ -41,97 +49,58 @@ def runs(records) -> list[dict]:
     return list(first.values())
 
 
-def _dataset_class(name: str):
-    """DomainBed's dataset class called ``name``, or None if unknown."""
-    locate.ensure_importable()
-    from domainbed import datasets  # noqa: PLC0415
-
-    try:
-        return datasets.get_dataset_class(name)
-    except NotImplementedError:
-        return None
-
-
-def _domainbed_input_shape(cls) -> Optional[tuple]:
-    """The input shape of a DomainBed dataset class, where knowable without its data."""
-    from domainbed import datasets as dbd  # noqa: PLC0415
-
-    shape = getattr(cls, "INPUT_SHAPE", None) or getattr(cls, "input_shape", None)
-    if shape is None and issubclass(cls, (dbd.MultipleEnvironmentImageFolder, dbd.WILDSDataset)):
-        shape = (3, 224, 224)
-    if shape is None and issubclass(cls, dbd.MultipleEnvironmentMNIST):
-        shape = (None, 28, 28)
-    return tuple(shape) if shape is not None else None
+def _frozen_prefix(featurizer: dict, hparams: dict) -> Optional[str]:
+    """The frozen prefix the featurizer recorded ("stem..blocks.5", "none"); unrecorded
+    if the run asked for one (hparam) and recorded nothing; None if not applicable."""
+    if "frozen_prefix" in featurizer:
+        prefix = featurizer["frozen_prefix"]
+        return f"stem..{prefix}" if prefix else "none"
+    if not featurizer and hparams.get("frozen_prefix") is not None:
+        return NOT_RECORDED
+    return None
 
 
-def _domainbed_featurizer(cls, hparams: dict) -> tuple[str, str, Any]:
-    """(backbone, weights, pretrained) of DomainBed's own ``networks.Featurizer`` (no ``backbone``)."""
-    from ..extras.backbones.imagenet import domainbed_resnet  # noqa: PLC0415
-
-    shape = _domainbed_input_shape(cls) if cls is not None else None
-    if shape is None:
-        return "DomainBed's default (input shape unknown)", NOT_RECORDED, NOT_RECORDED
-    if len(shape) == 1:
-        return "DomainBed's MLP", "random init", "n/a"
-    if shape[1:3] == (28, 28):
-        return "DomainBed's MNIST CNN", "random init", "n/a"
-    if shape[1:3] == (32, 32):
-        return "DomainBed's Wide ResNet", "random init", "n/a"
-    if hparams.get("vit") and hparams.get("dinov2"):
-        return "DomainBed's DinoV2", "torch.hub dinov2_vitb14", True
-    arch = "resnet18" if hparams.get("resnet18") else "resnet50"
-    if "resnet50_augmix" not in hparams:
-        return f"DomainBed's ResNet ({arch})", f"{NOT_RECORDED} (no resnet50_augmix hparam)", True
-    arch, weights = domainbed_resnet(hparams)
-    return f"DomainBed's ResNet ({arch})", str(weights), True
-
-
-def _featurizer(cls, hparams: dict) -> tuple[str, str, Any]:
-    """(backbone, weights, pretrained) of a run, as its hparams determine them."""
-    from ..extras.backbones.imagenet import weights_for  # noqa: PLC0415
-
-    name = hparams.get("backbone")
-    if name is None:
-        return _domainbed_featurizer(cls, hparams)
-    weights = weights_for(name, hparams)
-    if weights is None:
-        return name, "random init", "n/a"
-    pretrained = bool(hparams.get("pretrained", True))
-    return name, str(weights) if pretrained else "random init", pretrained
-
-
-def _surgery_algorithms() -> set[str]:
-    """Names of our surgery algorithms (the rule registry): their runs state ``surgery_reduction``."""
-    from .. import rules  # noqa: PLC0415 - torch only when a protocol is computed
-
-    return set(rules.REGISTRY)
-
-
-def _base_algorithm(name: str) -> str:
-    """``AgrSum`` for ``AgrSum-single`` (the control arm), else ``name``."""
-    return name[:-len(SINGLE_DOMAIN_SUFFIX)] if name.endswith(SINGLE_DOMAIN_SUFFIX) else name
+def _trained_share(featurizer: dict) -> str:
+    """"30.2%": the featurizer's trained parameters over all of them, as recorded."""
+    trained, total = featurizer.get("trained_parameters"), featurizer.get("featurizer_parameters")
+    if not isinstance(trained, int) or not isinstance(total, int) or total <= 0:
+        return NOT_RECORDED
+    return f"{trained / total:.1%}"
 
 
 def run_protocol(record: dict) -> dict[str, Any]:
-    """The :data:`PROTOCOL_ITEMS` of one run; ``steps``/``checkpoint_freq`` left unset
-    (None) on the command line resolve to the dataset's ``N_STEPS``/``CHECKPOINT_FREQ``,
-    as DomainBed's train.py does. ``surgery_reduction`` only for runs that have or need it."""
+    """The :data:`PROTOCOL_ITEMS` of one run.
+
+    ``steps``/``checkpoint_freq`` left unset (None) on the command line resolve to the
+    dataset's ``N_STEPS``/``CHECKPOINT_FREQ``, as DomainBed's train.py does. The featurizer
+    items come from the run's recorded facts. ``frozen_prefix`` only for runs whose
+    featurizer has one; ``surgery_reduction`` (recorded, else from hparams) only for runs
+    that have it or hold other ``surgery_*`` hparams (a surgery run that did not record it).
+    """
     args, hparams = record["args"], record.get("hparams") or {}
-    cls = _dataset_class(args["dataset"])
-    default = (lambda attr: getattr(cls, attr)) if cls is not None else (lambda attr: NOT_RECORDED)
-    backbone, weights, pretrained = _featurizer(cls, hparams)
+    facts = record.get(FACTS_KEY) or {}
+    featurizer = facts.get("featurizer") or {}
+    defaults = dataset_info.training_defaults(args["dataset"]) or {}
     out = {
-        "steps": args.get("steps") or default("N_STEPS"),
-        "checkpoint_freq": args.get("checkpoint_freq") or default("CHECKPOINT_FREQ"),
+        "steps": args.get("steps") or defaults.get("steps", NOT_RECORDED),
+        "checkpoint_freq": args.get("checkpoint_freq") or defaults.get("checkpoint_freq",
+                                                                        NOT_RECORDED),
         "batch_size": hparams.get("batch_size", NOT_RECORDED),
-        "backbone": backbone,
-        "weights": weights,
-        "pretrained": pretrained,
-        "data_augmentation": hparams.get("data_augmentation", NOT_RECORDED),
+        "backbone": featurizer.get("backbone", NOT_RECORDED),
+        "weights": featurizer.get("weights", NOT_RECORDED),
+        "pretrained": featurizer.get("pretrained", NOT_RECORDED),
     }
-    if "surgery_reduction" in hparams:
+    prefix = _frozen_prefix(featurizer, hparams)
+    if prefix is not None:
+        out["frozen_prefix"] = prefix
+    out["trained_share"] = _trained_share(featurizer)
+    out["data_augmentation"] = hparams.get("data_augmentation", NOT_RECORDED)
+    recorded = (facts.get("algorithm") or {}).get("surgery_reduction")
+    if recorded is not None:
+        out["surgery_reduction"] = recorded
+    elif "surgery_reduction" in hparams:
         out["surgery_reduction"] = hparams["surgery_reduction"]
-    elif _base_algorithm(args["algorithm"]) in _surgery_algorithms():
+    elif facts.get("algorithm") or any(k.startswith("surgery_") for k in hparams):
         out["surgery_reduction"] = NOT_RECORDED
     return out
 
@@ -232,11 +201,21 @@ def _settings(by_alg: dict[str, list[dict]]) -> tuple[dict[str, dict[str, list]]
     return settings, searched
 
 
+def _stated_hparams(by_alg: dict[str, list[dict]]) -> set[str]:
+    """The hparams of :data:`PROTOCOL_HPARAMS` that the items state: every run holding the
+    hparam has its item recorded (else a difference in it must show among the hparams)."""
+    every = [r for rs in by_alg.values() for r in rs]
+    return {h for h, item in PROTOCOL_HPARAMS.items()
+            if all(r["protocol"].get(item, NOT_RECORDED) != NOT_RECORDED
+                   for r in every if h in (r.get("hparams") or {}))}
+
+
 def _hparam_differences(by_alg: dict[str, list[dict]]) -> tuple[dict, dict]:
     """(differing, own): hparams every run has that differ between algorithms (hparam ->
     algorithm -> values), and each algorithm's hparams that not every run has."""
     hparams = {a: [r.get("hparams") or {} for r in rs] for a, rs in by_alg.items()}
-    keys = {a: set().union(*hs) - set(PROTOCOL_HPARAMS) for a, hs in hparams.items()}
+    stated = _stated_hparams(by_alg)
+    keys = {a: set().union(*hs) - stated for a, hs in hparams.items()}
     shared = {k for k in set.intersection(*keys.values())
               if all(k in h for hs in hparams.values() for h in hs)} if keys else set()
     differing = {k: {a: sorted_values(h[k] for h in hs) for a, hs in hparams.items()}
@@ -260,7 +239,7 @@ def _mixed_cells(by_alg: dict[str, list[dict]], targets: Sequence[str]) -> dict:
 
 def protocol(records, dataset: str, targets: Sequence[str],
              algorithms: Optional[Sequence[str]] = None) -> Protocol:
-    """What the ``dataset`` table compared, from its runs' ``args`` and ``hparams``.
+    """What the ``dataset`` table compared, from its runs' args, hparams and facts.
 
     ``targets`` are the table's target names by test env index; ``algorithms`` (default:
     all in the records) are the table's columns, control arms labelled ``<name>-single``.

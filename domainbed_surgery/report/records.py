@@ -5,7 +5,9 @@ file) at the first line it cannot parse, typically the last line of a job killed
 writing. :func:`load_records` reads the same files into the same ``Q`` of records, but
 skips such a line with a warning on stderr that names the file and the line number,
 and warns about runs without a ``done`` file (their partial records are used, as
-DomainBed does, so a table made mid-sweep says so).
+DomainBed does, so a table made mid-sweep says so). Each record of a run whose folder
+holds a ``protocol.json`` (the facts training recorded, :mod:`domainbed_surgery.run_facts`)
+carries them under :data:`FACTS_KEY`, so the report reads them instead of re-deriving them.
 Our ``report``, ``agreement_curves`` and ``collect_results`` entry points use it
 (the last via :func:`install`); DomainBed's own scripts are left as they are.
 """
@@ -18,7 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO, Union
 
+from .. import run_facts
 from ..plugin import locate
+
+#: The record key under which :func:`load_records` puts its run's ``protocol.json``.
+FACTS_KEY = "protocol_facts"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -43,17 +49,34 @@ def read_results_file(path: PathLike, warn: Optional[TextIO] = None) -> Iterator
             yield value
 
 
+def read_facts(folder: PathLike, warn: Optional[TextIO] = None) -> dict:
+    """The run's recorded protocol facts ({} if none); an unreadable ``protocol.json`` is
+    named in a warning and counts as none."""
+    facts = run_facts.read(os.fspath(folder))
+    path = os.path.join(folder, run_facts.FILE)
+    if not facts and os.path.isfile(path) and os.path.getsize(path):
+        print(f"warning: {path} is not a JSON object of facts; this run's protocol is "
+              "reported as not recorded.", file=sys.stderr if warn is None else warn)
+    return facts
+
+
 def load_records(path: PathLike):
-    """All records under the sweep folder ``path`` (each ``*/results.jsonl``) as DomainBed's ``Q``."""
+    """All records under the sweep folder ``path`` (each ``*/results.jsonl``) as DomainBed's
+    ``Q``; those of a run with recorded facts carry them under :data:`FACTS_KEY`."""
     locate.ensure_importable()
     from domainbed.lib.query import Q  # noqa: PLC0415 - DomainBed is optional at import
 
     records, unfinished = [], []
     for name in sorted(os.listdir(path)):
-        results = os.path.join(path, name, "results.jsonl")
+        folder = os.path.join(path, name)
+        results = os.path.join(folder, "results.jsonl")
         if os.path.isfile(results):
-            records.extend(read_results_file(results))
-            if not os.path.exists(os.path.join(path, name, "done")):
+            facts = read_facts(folder)
+            for record in read_results_file(results):
+                if facts:
+                    record[FACTS_KEY] = facts
+                records.append(record)
+            if not os.path.exists(os.path.join(folder, "done")):
                 unfinished.append(name)
     if unfinished:
         print(f"warning: {len(unfinished)} run(s) in {path} have no 'done' file (still "
