@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from domainbed_surgery.plugin import locate
 from domainbed_surgery.report import format as fmt
 from domainbed_surgery.report import protocol as proto
 from domainbed_surgery.report import records as rec
@@ -44,18 +43,9 @@ SELECTION_NAMES = {  # DomainBed's SelectionMethod.name -> our key
 
 
 @pytest.fixture(scope="module")
-def domainbed():
-    """Skip when no DomainBed checkout can be imported."""
-    try:
-        locate.ensure_importable()
-        from domainbed.lib import reporting  # noqa: F401
-    except ImportError as exc:  # DomainBedNotFound is an ImportError
-        pytest.skip(f"DomainBed not importable: {exc}")
-
-
-@pytest.fixture(scope="module")
 def sample(domainbed):
-    """(records, parsed results.txt) of the shared sample sweep, or skip."""
+    """(records, parsed results.txt) of the shared sample sweep, or skip (``domainbed``:
+    conftest's fixture, DomainBed registered as the scripts do)."""
     if not (SAMPLE / "results.txt").is_file():
         pytest.skip(f"sample sweep not found at {SAMPLE}")
     return rec.load_records(SAMPLE), parse_results_txt(SAMPLE / "results.txt")

@@ -197,12 +197,10 @@ def plot(frame, output_stem: str) -> list[str]:
 
 def run(args) -> int:
     """Every held-out choice of ``args`` (the CLI's namespace): train, measure, write the
-    CSV and the figure after each choice; return the exit status."""
+    CSV and the figure after each choice; return the exit status. The caller has made
+    DomainBed importable and registered our names (``domainbed_surgery.register()``)."""
     import pandas as pd  # noqa: PLC0415
 
-    from ..plugin.registration import register  # noqa: PLC0415
-
-    register()
     from domainbed import hparams_registry  # noqa: PLC0415
 
     hparams = hparams_registry.default_hparams("ERM", args.dataset)

@@ -9,7 +9,8 @@ DomainBed does, so a table made mid-sweep says so). Each record of a run whose f
 holds a ``protocol.json`` (the facts training recorded, :mod:`domainbed_surgery.run_facts`)
 carries them under :data:`FACTS_KEY`, so the report reads them instead of re-deriving them.
 Our ``report``, ``agreement_curves`` and ``collect_results`` entry points use it
-(the last via :func:`install`); DomainBed's own scripts are left as they are.
+(the last via :func:`install`), after making DomainBed importable and registering our
+names; DomainBed's own scripts are left as they are.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO, Union
 
 from .. import run_facts
-from ..plugin import locate
 
 #: The record key under which :func:`load_records` puts its run's ``protocol.json``.
 FACTS_KEY = "protocol_facts"
@@ -63,7 +63,6 @@ def read_facts(folder: PathLike, warn: Optional[TextIO] = None) -> dict:
 def load_records(path: PathLike):
     """All records under the sweep folder ``path`` (each ``*/results.jsonl``) as DomainBed's
     ``Q``; those of a run with recorded facts carry them under :data:`FACTS_KEY`."""
-    locate.ensure_importable()
     from domainbed.lib.query import Q  # noqa: PLC0415 - DomainBed is optional at import
 
     records, unfinished = [], []
@@ -99,7 +98,6 @@ def incomplete_runs(input_dir: PathLike) -> list[str]:
 
 def install() -> None:
     """Make ``domainbed.lib.reporting.load_records`` this tolerant loader (in this process only)."""
-    locate.ensure_importable()
     from domainbed.lib import reporting  # noqa: PLC0415
 
     reporting.load_records = load_records

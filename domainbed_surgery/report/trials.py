@@ -4,7 +4,8 @@
 seed), computed with DomainBed's own ``reporting.get_grouped_records`` and
 ``SelectionMethod.sweep_acc`` exactly as ``domainbed/scripts/collect_results.py`` does;
 :func:`algorithm_order` orders the columns and a control arm is labelled
-``<name>-single``.
+``<name>-single``. DomainBed is imported inside the functions: the caller (a script)
+makes it importable and registers our names first (``domainbed_surgery.register()``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Iterable, Optional
 import pandas as pd
 
 from .. import dataset_info
-from ..plugin import locate
 
 #: Short CLI names for DomainBed's selection methods (class names in ``domainbed.model_selection``).
 SELECTION_METHODS = {
@@ -33,7 +33,6 @@ PER_TRIAL_COLUMNS = ["dataset", "algorithm", "test_env", "target", "trial_seed",
 
 def selection_method(key: str):
     """DomainBed's selection-method class for ``key`` ('iid', 'loo' or 'oracle')."""
-    locate.ensure_importable()
     from domainbed import model_selection  # noqa: PLC0415 - DomainBed is optional at import
 
     try:
@@ -44,7 +43,6 @@ def selection_method(key: str):
 
 def environments(dataset: str) -> list[str]:
     """Target-domain names of ``dataset`` (its ``ENVIRONMENTS``), or [] if DomainBed does not know it."""
-    locate.ensure_importable()
     return dataset_info.environments(dataset) or []
 
 
@@ -52,7 +50,6 @@ def algorithm_order(names: Iterable[str], baseline: Optional[str] = DEFAULT_BASE
     """Baseline first, then DomainBed's ``ALGORITHMS`` order (as collect_results), then the rest;
     a control arm ``<name>-single`` right after ``<name>``."""
     names = set(names)
-    locate.ensure_importable()
     from domainbed import algorithms  # noqa: PLC0415
 
     order = [n for n in algorithms.ALGORITHMS if n in names]
@@ -87,7 +84,6 @@ def per_trial_accuracies(records, method) -> pd.DataFrame:
     validation for leave-one-domain-out). Groups with no selectable run are dropped here and
     reported as missing by :func:`~.summary.summarize`.
     """
-    locate.ensure_importable()
     from domainbed.lib import reporting  # noqa: PLC0415
     from domainbed.lib.query import Q  # noqa: PLC0415
 

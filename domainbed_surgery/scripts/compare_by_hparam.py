@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import register
 from ..report import records as rec
 from ..report import trials
 from ..analysis.by_hparam import per_trial_by_hparam, summarize_per_trial
@@ -49,6 +50,7 @@ def markdown(frame) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    register()  # DomainBed importable, our algorithms and datasets known
     if not Path(args.input_dir).is_dir():
         sys.exit(f"error: --input_dir {args.input_dir} is not a folder")
     records = rec.load_records(args.input_dir)

@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import register
 from ..report import format as fmt
 from ..report import records as rec
 from ..report import summary, trials
@@ -44,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[Path]:
     """Run the report; return the files written."""
     args = parse_args(argv)
+    register()  # DomainBed importable, our algorithms and datasets known
     input_dir = Path(args.input_dir)
     if not input_dir.is_dir():
         sys.exit(f"error: --input_dir {input_dir} is not a folder")
