@@ -51,11 +51,9 @@ def test_committed_batch_size_table_matches_its_csv():
     folder = RESULTS / "batch_size"
     if not (folder / "by_batch_size.csv").is_file():
         pytest.skip(f"no committed results in {folder}")
-    from domainbed_surgery.scripts.compare_by_hparam import markdown
-
     frame = pd.read_csv(folder / "by_batch_size.csv", dtype={"value": str})
     table = frame.drop(columns=["hparam"]).rename(columns={"value": "batch_size"})
-    assert markdown(table) == (folder / "by_batch_size.md").read_text(encoding="utf-8")
+    assert fmt.markdown_table(table) == (folder / "by_batch_size.md").read_text(encoding="utf-8")
 
 
 def test_committed_similarity_summary_matches_its_csv():

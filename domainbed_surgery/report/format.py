@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections import OrderedDict
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -201,17 +202,41 @@ def to_text(table: Table) -> str:
     return "\n".join(out) + "\n"
 
 
+#: Markdown alignment rules: none, left, centred, right.
+_RULES = {"": "---", "l": ":---", "c": ":---:", "r": "---:"}
+
+
+def markdown_table(rows, header: Optional[Sequence] = None, align: Optional[Sequence[str]] = None,
+                   float_format: str = ".3f", missing: str = "-") -> str:
+    """A GitHub Markdown table, one line per row and a final newline: the one Markdown
+    table writer (report tables, compare_by_hparam, the gradient-similarity summary).
+
+    ``rows``: a DataFrame (``header`` defaults to its columns) or sequences of cells;
+    ``align``: per column "" (none), "l", "c" or "r". A float is written with
+    ``float_format`` (NaN as ``missing``), anything else as ``str``; a "|" is escaped.
+    """
+    if isinstance(rows, pd.DataFrame):
+        header = list(rows.columns) if header is None else header
+        rows = rows.itertuples(index=False)
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            value = missing if value != value else format(value, float_format)
+        return str(value).replace("|", "\\|")
+
+    align = [""] * len(header) if align is None else align
+    lines = ["| " + " | ".join(cell(c) for c in header) + " |",
+             "|" + "|".join(_RULES[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(table: Table) -> str:
     """GitHub-flavoured Markdown table with the footnote as a list below it."""
     grid = _grid(table, "markdown")
-    md = lambda s: s.replace("|", "\\|")  # noqa: E731
-    out = [f"### {title(table)}", "", "| " + " | ".join(md(c) for c in grid[0]) + " |",
-           "|" + "|".join([":---"] + [":---:"] * (len(grid[0]) - 1)) + "|"]
-    for row in grid[1:]:
-        if row[0] == AVG:
-            row = [f"**{AVG}**"] + row[1:]
-        out.append("| " + " | ".join(md(c) for c in row) + " |")
-    out.append("")
+    rows = [[f"**{AVG}**"] + row[1:] if row[0] == AVG else row for row in grid[1:]]
+    align = ["l"] + ["c"] * (len(grid[0]) - 1)
+    out = [f"### {title(table)}", "", markdown_table(rows, grid[0], align).rstrip("\n"), ""]
     out.extend(f"- {line}".replace("*best*", "**bold**") for line in footnote(table))
     return "\n".join(out) + "\n"
 
@@ -270,4 +295,4 @@ def render(table: Table, style: str) -> str:
 
 
 __all__ = ["cell_text", "footnote", "protocol_lines", "notes", "to_text", "to_markdown", "to_latex", "to_csv",
-           "cells_csv", "render", "latex_escape"]
+           "cells_csv", "render", "latex_escape", "markdown_table"]
