@@ -629,3 +629,25 @@ def test_a_sweep_of_some_targets_shows_those_rows_and_chosen_columns(domainbed, 
         fmt.footnote(table)
     (full,) = summary.tables(pt, "iid", records=records)
     assert full.algorithms == ["ERM", "AgrSum", "PCGrad"]
+
+
+# --- arguments the report refuses ------------------------------------------------------------
+@pytest.mark.parametrize("alpha", ["5", "1", "0", "-0.05", "nan"])
+def test_alpha_outside_0_1_is_an_argparse_error(alpha, capsys):
+    """``--alpha 5`` made every p-value "significant"; a level must lie in (0, 1)."""
+    from domainbed_surgery.scripts import report as cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["--input_dir", "SWEEP", "--alpha", alpha])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --alpha: must be in (0, 1), got {alpha}" in err
+    assert cli.parse_args(["--input_dir", "SWEEP", "--alpha", "0.01"]).alpha == 0.01
+
+
+def test_summarize_refuses_an_alpha_outside_0_1(hand):
+    _, pt, _ = hand
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\), got 5"):
+        summary.summarize(pt, "VLCS", alpha=5)
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\)"):
+        summary.min_pairs_for(0.0)  # would never end

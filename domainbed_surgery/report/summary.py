@@ -24,8 +24,17 @@ DEFAULT_ALPHA = 0.05
 DECIMALS = 1
 
 
+def check_alpha(alpha: float) -> float:
+    """``alpha`` if it is a significance level, in (0, 1); else ValueError: alpha 5 would
+    mark every tested cell significant, alpha 0 none (and :func:`min_pairs_for` never end)."""
+    if not 0.0 < alpha < 1.0:  # NaN fails too
+        raise ValueError(f"alpha must be in (0, 1), got {alpha:g}")
+    return alpha
+
+
 def min_pairs_for(alpha: float = DEFAULT_ALPHA) -> int:
     """Fewest non-zero paired differences whose best exact two-sided p (2/2^n) is < alpha."""
+    check_alpha(alpha)
     n = 1
     while 2.0 / 2 ** n >= alpha:
         n += 1
@@ -123,6 +132,7 @@ def summarize(per_trial: pd.DataFrame, dataset: str, selection: str = "",
     gets its :func:`protocol`, and ``mixed`` (plus a note) marks cells whose runs mix
     protocols: their mean pools runs that were not run alike.
     """
+    check_alpha(alpha)
     pt = per_trial[per_trial["dataset"] == dataset]
     omitted: list[str] = []
     if targets is None:

@@ -24,6 +24,15 @@ from ..report import summary, trials
 FILES = {"markdown": "md", "latex": "tex", "csv": "csv"}
 
 
+def _alpha(text: str) -> float:
+    """``--alpha``: a significance level in (0, 1), else an argparse error (``--alpha 5`` was
+    accepted and marked every tested cell significant)."""
+    try:
+        return summary.check_alpha(float(text))
+    except ValueError:  # not a number, or not in (0, 1)
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The CLI arguments (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--algorithms", nargs="+", default=None,
                    help="these columns only, in this order (default: every algorithm of the "
                         "sweep; a control arm is named <algorithm>-single)")
-    p.add_argument("--alpha", type=float, default=summary.DEFAULT_ALPHA)
+    p.add_argument("--alpha", type=_alpha, default=summary.DEFAULT_ALPHA,
+                   help="significance level of the Wilcoxon tests, in (0, 1) (default 0.05)")
     p.add_argument("--no_figures", action="store_true", help="skip the box plots")
     return p.parse_args(argv)
 
