@@ -651,3 +651,26 @@ def test_summarize_refuses_an_alpha_outside_0_1(hand):
         summary.summarize(pt, "VLCS", alpha=5)
     with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\)"):
         summary.min_pairs_for(0.0)  # would never end
+
+
+def test_a_stray_run_with_an_env_the_dataset_lacks_is_skipped_and_named(hand, tmp_path, capsys):
+    """A run launched with ``--test_envs 7`` in a VLCS sweep (4 environments) crashed the
+    report with KeyError 'env7_in_acc'; now it is skipped, named, and the table is the same."""
+    import shutil
+
+    from domainbed_surgery.scripts import report as cli
+
+    root, _, t = hand
+    sweep = tmp_path / "sweep"
+    shutil.copytree(root, sweep)
+    stray = sweep / "stray_test_env_7"
+    stray.mkdir()
+    (stray / "results.jsonl").write_text(json.dumps(_record("AgrSum", [7], 0, 0, 100, 0.99, 0.99))
+                                         + "\n")
+    (stray / "done").write_text("done")
+    cli.main(["--input_dir", str(sweep), "--output_dir", str(tmp_path / "out"), "--no_figures"])
+    captured = capsys.readouterr()
+    assert (f"warning: {stray}: skipped (1 record): test_envs [7] names environment 7, which "
+            "VLCS does not have (it has 4: 0-3 = C, L, S, V)") in captured.err
+    table = lambda md: [line for line in md.splitlines() if line.startswith("|")]  # noqa: E731
+    assert table((tmp_path / "out" / "VLCS_iid.md").read_text()) == table(fmt.to_markdown(t))

@@ -8,6 +8,8 @@ and warns about runs without a ``done`` file (their partial records are used, as
 DomainBed does, so a table made mid-sweep says so). Each record of a run whose folder
 holds a ``protocol.json`` (the facts training recorded, :mod:`domainbed_surgery.run_facts`)
 carries them under :data:`FACTS_KEY`, so the report reads them instead of re-deriving them.
+A run holding out an environment its dataset does not have (``--test_envs 7`` on VLCS),
+on which DomainBed stops with a bare ``KeyError``, is skipped with a warning naming it.
 Our ``report``, ``agreement_curves`` and ``collect_results`` entry points use it
 (the last via :func:`install`), after making DomainBed importable and registering our
 names; DomainBed's own scripts are left as they are.
@@ -21,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO, Union
 
-from .. import run_facts
+from .. import dataset_info, run_facts
 
 #: The record key under which :func:`load_records` puts its run's ``protocol.json``.
 FACTS_KEY = "protocol_facts"
@@ -60,18 +62,66 @@ def read_facts(folder: PathLike, warn: Optional[TextIO] = None) -> dict:
     return facts
 
 
+def _count_envs(dataset: str, record: dict, known: dict) -> tuple[int, Optional[list[str]]]:
+    """(number of environments, their names or None): DomainBed's dataset if it knows it,
+    else the environments the record has accuracies for."""
+    if dataset not in known:
+        try:
+            known[dataset] = dataset_info.environments(dataset)
+        except ImportError:  # DomainBed not importable: the record alone
+            known[dataset] = None
+    names = known[dataset]
+    if names is not None:
+        return len(names), names
+    return sum(1 for k in record if k.startswith("env") and k.endswith("_in_acc")), None
+
+
+def foreign_env_reason(records: list, known: Optional[dict] = None) -> Optional[str]:
+    """Why a run cannot be reported, if it holds out an environment its dataset does not have
+    (e.g. ``--test_envs 7`` on a 4-domain dataset), else None.
+
+    Such a run fills no cell of any table (no row is that environment, and its records hold
+    no test accuracy for it), while DomainBed's selection methods stop on it with a bare
+    ``KeyError: 'env7_in_acc'`` naming no run, withholding every valid result. So
+    :func:`load_records` skips it with a warning naming the folder, as it does a broken
+    line: the tables of the valid runs come out, and the stray folder is not silently
+    lost (a DG researcher would remove it or rerun it with a valid ``--test_envs``).
+    """
+    if not records:
+        return None
+    args = records[0].get("args") or {}
+    test_envs, dataset = args.get("test_envs") or [], args.get("dataset")
+    n, names = _count_envs(dataset, records[0], {} if known is None else known)
+    foreign = [e for e in test_envs if not (isinstance(e, int) and 0 <= e < n)]
+    if not foreign:
+        return None
+    which = ", ".join(map(str, foreign))
+    listed = f": 0-{n - 1} = {', '.join(names)}" if names else ""
+    return (f"test_envs {test_envs} names environment{'s' if len(foreign) > 1 else ''} {which}, "
+            f"which {dataset} does not have (it has {n}{listed})")
+
+
 def load_records(path: PathLike):
     """All records under the sweep folder ``path`` (each ``*/results.jsonl``) as DomainBed's
-    ``Q``; those of a run with recorded facts carry them under :data:`FACTS_KEY`."""
+    ``Q``; those of a run with recorded facts carry them under :data:`FACTS_KEY`; a run
+    holding out an environment its dataset lacks is skipped, named (:func:`foreign_env_reason`)."""
     from domainbed.lib.query import Q  # noqa: PLC0415 - DomainBed is optional at import
 
     records, unfinished = [], []
+    known: dict = {}  # dataset -> environment names (None: unknown to DomainBed)
     for name in sorted(os.listdir(path)):
         folder = os.path.join(path, name)
         results = os.path.join(folder, "results.jsonl")
         if os.path.isfile(results):
+            run = list(read_results_file(results))
+            reason = foreign_env_reason(run, known)
+            if reason is not None:
+                print(f"warning: {folder}: skipped ({len(run)} record"
+                      f"{'' if len(run) == 1 else 's'}): {reason}; no table "
+                      "can use this run.", file=sys.stderr)
+                continue
             facts = read_facts(folder)
-            for record in read_results_file(results):
+            for record in run:
                 if facts:
                     record[FACTS_KEY] = facts
                 records.append(record)
