@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .. import register
 from ..report import records as rec
-from ..report.format import markdown_table
 from ..report import trials
+from ..report.format import markdown_table
 from ..analysis.by_hparam import per_trial_by_hparam, summarize_per_trial
 
 

@@ -6,8 +6,9 @@
 Writes ``<dataset>_<selection>.{md,tex,csv}``, ``<dataset>_<selection>_cells.csv``,
 ``<dataset>_<selection>_boxplot.{png,pdf}`` and ``per_trial_<selection>.csv`` into
 the output folder (default ``<input_dir>/report``) and prints the tables as text. Under
-each table: the protocol read from the runs (steps, batch size, backbone and weights...,
-what differs between the algorithms); cells whose runs mix protocols are marked.
+each table: the protocol read from the runs and the facts their training recorded
+(``protocol.json``: steps, batch size, backbone and weights..., what differs between the
+algorithms); cells whose runs mix protocols are marked.
 """
 
 from __future__ import annotations
