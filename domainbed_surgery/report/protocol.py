@@ -27,7 +27,7 @@ PROTOCOL_ITEMS = ("steps", "checkpoint_freq", "batch_size", "backbone", "weights
 #: only between hparam samples are the search, not a mix of protocols.
 SEARCHED_ITEMS = ("batch_size",)
 #: hparam -> the protocol item that states it: not listed again among the hparams that
-#: differ between algorithms when that item is recorded for every run.
+#: differ between algorithms when every run holding the hparam has that item recorded.
 PROTOCOL_HPARAMS = {"batch_size": "batch_size", "backbone": "backbone",
                     "pretrained": "pretrained", "data_augmentation": "data_augmentation",
                     "surgery_reduction": "surgery_reduction", "resnet18": "weights",
