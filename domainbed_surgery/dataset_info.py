@@ -32,3 +32,13 @@ def environments(name: str) -> Optional[list[str]]:
         return environments_or_raise(name)
     except UnknownDataset:
         return None
+
+
+def training_defaults(name: str) -> Optional[dict[str, int]]:
+    """``{"steps": N_STEPS, "checkpoint_freq": CHECKPOINT_FREQ}`` of dataset ``name``: what
+    DomainBed's train.py uses when they are unset; None if DomainBed does not know it."""
+    try:
+        cls = dataset_class(name)
+    except UnknownDataset:
+        return None
+    return {"steps": cls.N_STEPS, "checkpoint_freq": cls.CHECKPOINT_FREQ}

@@ -370,7 +370,7 @@ def test_runs_side_by_side_by_hparam(tmp_path):
     the paired gap to ERM and the mean diagnostics, never pooled across values."""
     import json
 
-    pytest.importorskip("domainbed_surgery.report.tables")
+    pytest.importorskip("domainbed_surgery.report.trials")
     from domainbed_surgery.plugin import locate
 
     try:
@@ -381,7 +381,7 @@ def test_runs_side_by_side_by_hparam(tmp_path):
 
     from domainbed_surgery.analysis.by_hparam import (PER_TRIAL_COLUMNS, per_trial_by_hparam,
                                                       summarize_by_hparam, summarize_per_trial)
-    from domainbed_surgery.report import tables as rep
+    from domainbed_surgery.report import records as rec
 
     accs = {(16, "ERM"): [0.30, 0.40], (16, "AgrSum"): [0.35, 0.41],
             (64, "ERM"): [0.50, 0.60], (64, "AgrSum"): [0.40, 0.50]}
@@ -401,7 +401,7 @@ def test_runs_side_by_side_by_hparam(tmp_path):
                     r.update(agreement=agree, cosine=agree / 2)
                 lines.append(json.dumps(r))
             (run / "results.jsonl").write_text("\n".join(lines) + "\n")
-    frame = summarize_by_hparam(rep.load_records(tmp_path), "batch_size")
+    frame = summarize_by_hparam(rec.load_records(tmp_path), "batch_size")
     got = {(r.value, r.algorithm): r for r in frame.itertuples()}
     assert list(frame["value"]) == ["16", "16", "64", "64"]
     assert got[("16", "ERM")].acc_mean == pytest.approx(35.0)
@@ -413,7 +413,7 @@ def test_runs_side_by_side_by_hparam(tmp_path):
     assert got[("16", "AgrSum")].cosine == pytest.approx(0.15)
     assert math.isnan(got[("16", "ERM")].agreement)
     # the table is computed from the per-trial rows, which are the data to publish
-    per_trial = per_trial_by_hparam(rep.load_records(tmp_path), "batch_size")
+    per_trial = per_trial_by_hparam(rec.load_records(tmp_path), "batch_size")
     assert len(per_trial) == 8 and list(per_trial.columns) == PER_TRIAL_COLUMNS
     row = per_trial[(per_trial.value == "64") & (per_trial.algorithm == "AgrSum")
                     & (per_trial.trial_seed == 1)].iloc[0]

@@ -113,3 +113,48 @@ def test_loader_warns_about_runs_without_done(domainbed, sweep, capsys):
     assert len(records) == 8  # still every record, as DomainBed's loader
     err = capsys.readouterr().err
     assert "1 run(s)" in err and "no 'done' file" in err and "t1" in err
+
+
+def add_stray_run(sweep: Path, test_env: int = 7) -> Path:
+    """A run folder of the same sweep launched with ``--test_envs 7``: RotatedDigits has
+    environments 0-3, so its records hold env0..env3 accuracies and no ``env7_in_acc``."""
+    run = sweep / "stray"
+    run.mkdir()
+    lines = []
+    for step in (0, 5):
+        r = record("AgrSum", 0, step, 0.99)
+        r["args"]["test_envs"] = [test_env]
+        lines.append(json.dumps(r) + "\n")
+    (run / "results.jsonl").write_text("".join(lines))
+    (run / "done").write_text("done")
+    return run
+
+
+def test_loader_skips_a_run_holding_out_an_env_the_dataset_lacks(domainbed, sweep, capsys):
+    """DomainBed's selection stops on it with a bare KeyError 'env7_in_acc' naming no run;
+    our loader leaves it out and names the folder and why."""
+    from domainbed_surgery.report import records as rec
+
+    stray = add_stray_run(sweep)
+    records = rec.load_records(sweep)
+    assert len(records) == 8 and all(r["args"]["test_envs"] != [7] for r in records)
+    err = capsys.readouterr().err
+    assert (f"warning: {stray}: skipped (2 records): test_envs [7] names environment 7, which "
+            "RotatedDigits does not have (it has 4: 0-3 = 0, 25, 50, 75)") in err
+
+
+def test_our_collect_results_skips_a_stray_test_env(domainbed, sweep, subprocess_env, tmp_path):
+    stray = add_stray_run(sweep)
+    proc = subprocess.run([sys.executable, "-m", "domainbed_surgery.scripts.collect_results",
+                           "--input_dir", str(sweep)], env=subprocess_env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"warning: {stray}: skipped" in proc.stderr and "environment 7" in proc.stderr
+    assert "Dataset: RotatedDigits" in proc.stdout
+    # DomainBed's own script stops with a KeyError that names no run
+    (sweep / "t2" / "results.jsonl").write_text(
+        (sweep / "t2" / "results.jsonl").read_text().rsplit("\n", 1)[0] + "\n")  # no bad line
+    plain = subprocess.run([sys.executable, "-m", "domainbed.scripts.collect_results",
+                            "--input_dir", str(sweep)], env=subprocess_env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert plain.returncode != 0 and "KeyError: 'env7_in_acc'" in plain.stderr

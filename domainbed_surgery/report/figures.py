@@ -2,17 +2,34 @@
 
 One panel per target domain, one box per algorithm: box = quartiles, line = median,
 triangle = mean, whiskers = min/max, and an asterisk above a box whose paired Wilcoxon
-test against the baseline gives p < alpha (taken from the :class:`~.tables.Table`).
+test against the baseline gives p < alpha (taken from the :class:`~.summary.Table`).
+:func:`save_figure` writes every figure of the package (PNG + PDF).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .tables import Table
+if TYPE_CHECKING:
+    from .summary import Table
 
 FORMATS = ("png", "pdf")
+DPI = 150
+
+
+def save_figure(fig, stem, formats=FORMATS, dpi: int = DPI) -> list[str]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.pdf``: the one figure saver of the report
+    and the analyses. A pyplot figure is closed after; returns the paths as ``f"{stem}.{fmt}"``."""
+    paths = [f"{stem}.{fmt}" for fmt in formats]
+    for path in paths:
+        fig.savefig(path, dpi=dpi)
+    if getattr(fig.canvas, "manager", None) is not None:  # pyplot holds it: free it
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+
+        plt.close(fig)
+    return paths
 
 
 def boxplot_figure(table: Table):
@@ -76,10 +93,4 @@ def boxplot_figure(table: Table):
 
 def save_boxplots(table: Table, stem: Path, formats=FORMATS) -> list[Path]:
     """Write the box-plot figure as ``stem.png`` / ``stem.pdf``; return the paths."""
-    fig = boxplot_figure(table)
-    paths = []
-    for fmt in formats:
-        path = Path(f"{stem}.{fmt}")
-        fig.savefig(path, dpi=150)
-        paths.append(path)
-    return paths
+    return [Path(p) for p in save_figure(boxplot_figure(table), stem, formats)]

@@ -1,6 +1,6 @@
 """Render a :class:`~.tables.Table` as plain text, Markdown, LaTeX or CSV.
 
-Formatting only: every number comes from :func:`domainbed_surgery.report.tables.summarize`.
+Formatting only: every number comes from :func:`domainbed_surgery.report.summary.summarize`.
 Cells read "mean (std)"; the row's best mean is marked (``*x*`` in text, bold in
 Markdown/LaTeX), a dagger marks p < alpha against the baseline, a double dagger a cell
 whose runs mix protocols, and a footnote states the protocol (what was compared, read
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import io
 from collections import OrderedDict
+from typing import Optional, Sequence
 
 import pandas as pd
 
-from .tables import AVG, DECIMALS, Protocol, Table, format_value, min_pairs_for
+from .protocol import NOT_RECORDED, Protocol, format_value
+from .summary import DECIMALS, Table, min_pairs_for
+from .trials import AVG
 
 DAGGER = "\u2020"
 #: Marks a cell whose runs mix protocols (e.g. different steps).
@@ -76,6 +79,16 @@ def _hparam_values(values: list) -> str:
     return f"{len(values)} values, {format_value(values[0])} to {format_value(values[-1])}"
 
 
+#: Items the protocol line words as a phrase when recorded ("{}": the values).
+ITEM_WORDING = {"trained_share": "trained {} of the featurizer's parameters"}
+
+
+def _item_text(item: str, text: str) -> str:
+    """"batch_size 32", "trained 30.2% of the featurizer's parameters"."""
+    wording = ITEM_WORDING.get(item)
+    return f"{item} {text}" if wording is None or NOT_RECORDED in text else wording.format(text)
+
+
 def protocol_lines(table: Table) -> list[str]:
     """What the table compared (read from the runs): settings, samples, differences."""
     proto: Protocol = table.protocol
@@ -83,8 +96,8 @@ def protocol_lines(table: Table) -> list[str]:
         return []
     algs = proto.algorithms
     items = "; ".join(
-        f"{item} " + _per_algorithm({a: _values_text(v, item in proto.searched)
-                                     for a, v in per_alg.items()}, algs)
+        _item_text(item, _per_algorithm({a: _values_text(v, item in proto.searched)
+                                         for a, v in per_alg.items()}, algs))
         for item, per_alg in proto.settings.items())
     lines = [f"Protocol ({proto.n_runs} runs): {items}."]
     samples = _per_algorithm({a: _seeds_text(s, "hparams_seed")
@@ -189,17 +202,41 @@ def to_text(table: Table) -> str:
     return "\n".join(out) + "\n"
 
 
+#: Markdown alignment rules: none, left, centred, right.
+_RULES = {"": "---", "l": ":---", "c": ":---:", "r": "---:"}
+
+
+def markdown_table(rows, header: Optional[Sequence] = None, align: Optional[Sequence[str]] = None,
+                   float_format: str = ".3f", missing: str = "-") -> str:
+    """A GitHub Markdown table, one line per row and a final newline: the one Markdown
+    table writer (report tables, compare_by_hparam, the gradient-similarity summary).
+
+    ``rows``: a DataFrame (``header`` defaults to its columns) or sequences of cells;
+    ``align``: per column "" (none), "l", "c" or "r". A float is written with
+    ``float_format`` (NaN as ``missing``), anything else as ``str``; a "|" is escaped.
+    """
+    if isinstance(rows, pd.DataFrame):
+        header = list(rows.columns) if header is None else header
+        rows = rows.itertuples(index=False)
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            value = missing if value != value else format(value, float_format)
+        return str(value).replace("|", "\\|")
+
+    align = [""] * len(header) if align is None else align
+    lines = ["| " + " | ".join(cell(c) for c in header) + " |",
+             "|" + "|".join(_RULES[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(table: Table) -> str:
     """GitHub-flavoured Markdown table with the footnote as a list below it."""
     grid = _grid(table, "markdown")
-    md = lambda s: s.replace("|", "\\|")  # noqa: E731
-    out = [f"### {title(table)}", "", "| " + " | ".join(md(c) for c in grid[0]) + " |",
-           "|" + "|".join([":---"] + [":---:"] * (len(grid[0]) - 1)) + "|"]
-    for row in grid[1:]:
-        if row[0] == AVG:
-            row = [f"**{AVG}**"] + row[1:]
-        out.append("| " + " | ".join(md(c) for c in row) + " |")
-    out.append("")
+    rows = [[f"**{AVG}**"] + row[1:] if row[0] == AVG else row for row in grid[1:]]
+    align = ["l"] + ["c"] * (len(grid[0]) - 1)
+    out = [f"### {title(table)}", "", markdown_table(rows, grid[0], align).rstrip("\n"), ""]
     out.extend(f"- {line}".replace("*best*", "**bold**") for line in footnote(table))
     return "\n".join(out) + "\n"
 
@@ -258,4 +295,4 @@ def render(table: Table, style: str) -> str:
 
 
 __all__ = ["cell_text", "footnote", "protocol_lines", "notes", "to_text", "to_markdown", "to_latex", "to_csv",
-           "cells_csv", "render", "latex_escape"]
+           "cells_csv", "render", "latex_escape", "markdown_table"]

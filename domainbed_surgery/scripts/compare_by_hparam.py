@@ -5,8 +5,9 @@
         [--output_dir DIR]
 
 Prints the table and writes ``by_<hparam>_per_trial.csv`` (one row per run: the data),
-``by_<hparam>.csv`` and ``by_<hparam>.md`` (the table computed from it) to ``--output_dir``
-(default: ``SWEEP/report``). See :mod:`domainbed_surgery.analysis.by_hparam`.
+``by_<hparam>.csv`` and ``by_<hparam>.md`` (the table computed from it; floats to 3
+decimals, NaN as a dash, by :func:`~domainbed_surgery.report.format.markdown_table`) to
+``--output_dir`` (default: ``SWEEP/report``). See :mod:`domainbed_surgery.analysis.by_hparam`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..report import tables as rep
+from .. import register
+from ..report import records as rec
+from ..report import trials
+from ..report.format import markdown_table
 from ..analysis.by_hparam import per_trial_by_hparam, summarize_per_trial
 
 
@@ -27,30 +31,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test_env", type=int, default=None, help="one target only")
     p.add_argument("--algorithms", nargs="+", default=None)
     p.add_argument("--baseline", default="ERM")
-    p.add_argument("--selection", default="iid", choices=sorted(rep.SELECTION_METHODS))
+    p.add_argument("--selection", default="iid", choices=sorted(trials.SELECTION_METHODS))
     p.add_argument("--output_dir", default=None, help="default: <input_dir>/report")
     return p.parse_args(argv)
 
 
-def markdown(frame) -> str:
-    """A Markdown table of ``frame`` (floats to 3 decimals, NaN as a dash)."""
-    def cell(v) -> str:
-        if isinstance(v, float):
-            return "-" if v != v else f"{v:.3f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
-             "|" + "|".join("---" for _ in frame.columns) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
+    register()  # DomainBed importable, our algorithms and datasets known
     if not Path(args.input_dir).is_dir():
         sys.exit(f"error: --input_dir {args.input_dir} is not a folder")
-    records = rep.load_records(args.input_dir)
+    records = rec.load_records(args.input_dir)
     if not len(records):
         sys.exit(f"error: no results.jsonl records under {args.input_dir}")
     per_trial = per_trial_by_hparam(records, args.hparam, args.selection, args.algorithms,
@@ -63,7 +54,7 @@ def main(argv=None) -> int:
     per_trial.to_csv(out / f"by_{args.hparam}_per_trial.csv", index=False, float_format="%.17g")
     frame.to_csv(out / f"by_{args.hparam}.csv", index=False, float_format="%.17g")
     table = frame.drop(columns=["hparam"]).rename(columns={"value": args.hparam})
-    (out / f"by_{args.hparam}.md").write_text(markdown(table))
+    (out / f"by_{args.hparam}.md").write_text(markdown_table(table))
     print(table.to_string(index=False, float_format="%.3f"))
     print(f"wrote {out / f'by_{args.hparam}_per_trial.csv'}, {out / f'by_{args.hparam}.csv'}, "
           f"{out / f'by_{args.hparam}.md'}")

@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from .. import register
 from ..analysis.gradient_similarity import redraw, run
 
 
@@ -53,7 +54,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    return redraw(args.from_csv, args.output_dir) if args.from_csv else run(args)
+    if args.from_csv:  # no training: DomainBed is not needed
+        return redraw(args.from_csv, args.output_dir)
+    register()  # DomainBed importable, our algorithms, backbones and datasets known
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 Writes ``<dataset>_<selection>.{md,tex,csv}``, ``<dataset>_<selection>_cells.csv``,
 ``<dataset>_<selection>_boxplot.{png,pdf}`` and ``per_trial_<selection>.csv`` into
 the output folder (default ``<input_dir>/report``) and prints the tables as text. Under
-each table: the protocol read from the runs (steps, batch size, backbone and weights...,
-what differs between the algorithms); cells whose runs mix protocols are marked.
+each table: the protocol read from the runs and the facts their training recorded
+(``protocol.json``: steps, batch size, backbone and weights..., what differs between the
+algorithms); cells whose runs mix protocols are marked.
 """
 
 from __future__ import annotations
@@ -16,10 +17,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import register
 from ..report import format as fmt
-from ..report import tables as rep
+from ..report import records as rec
+from ..report import summary, trials
 
 FILES = {"markdown": "md", "latex": "tex", "csv": "csv"}
+
+
+def _alpha(text: str) -> float:
+    """``--alpha``: a significance level in (0, 1), else an argparse error (``--alpha 5`` was
+    accepted and marked every tested cell significant)."""
+    try:
+        return summary.check_alpha(float(text))
+    except ValueError:  # not a number, or not in (0, 1)
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,15 +39,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--input_dir", required=True, help="DomainBed sweep output folder")
     p.add_argument("--output_dir", default=None, help="default: <input_dir>/report")
-    p.add_argument("--selection", nargs="+", default=["iid"], choices=sorted(rep.SELECTION_METHODS),
+    p.add_argument("--selection", nargs="+", default=["iid"], choices=sorted(trials.SELECTION_METHODS),
                    help="model selection: iid = training-domain validation (default), "
                         "loo = leave-one-domain-out, oracle = test-domain validation")
-    p.add_argument("--baseline", default=rep.DEFAULT_BASELINE,
+    p.add_argument("--baseline", default=trials.DEFAULT_BASELINE,
                    help="algorithm the Wilcoxon tests compare against (default ERM)")
     p.add_argument("--algorithms", nargs="+", default=None,
                    help="these columns only, in this order (default: every algorithm of the "
                         "sweep; a control arm is named <algorithm>-single)")
-    p.add_argument("--alpha", type=float, default=rep.DEFAULT_ALPHA)
+    p.add_argument("--alpha", type=_alpha, default=summary.DEFAULT_ALPHA,
+                   help="significance level of the Wilcoxon tests, in (0, 1) (default 0.05)")
     p.add_argument("--no_figures", action="store_true", help="skip the box plots")
     return p.parse_args(argv)
 
@@ -43,24 +56,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[Path]:
     """Run the report; return the files written."""
     args = parse_args(argv)
+    register()  # DomainBed importable, our algorithms and datasets known
     input_dir = Path(args.input_dir)
     if not input_dir.is_dir():
         sys.exit(f"error: --input_dir {input_dir} is not a folder")
     out_dir = Path(args.output_dir) if args.output_dir else input_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = rep.load_records(input_dir)
+    records = rec.load_records(input_dir)
     print(f"Total records: {len(records)}")
     if not len(records):
         sys.exit(f"error: no results.jsonl records under {input_dir}")
-    incomplete = rep.incomplete_runs(input_dir)
+    incomplete = rec.incomplete_runs(input_dir)
     if incomplete:
         print(f"Warning: {len(incomplete)} run folder(s) without a 'done' file (incomplete); "
               f"their records are used as collect_results does: {', '.join(incomplete[:5])}"
               + (" ..." if len(incomplete) > 5 else ""))
     written: list[Path] = []
     for key in args.selection:
-        method = rep.selection_method(key)
-        per_trial = rep.per_trial_accuracies(records, method)
+        method = trials.selection_method(key)
+        per_trial = trials.per_trial_accuracies(records, method)
         path = out_dir / f"per_trial_{key}.csv"
         per_trial.assign(selection=method.name).to_csv(path, index=False, float_format="%.10g")
         written.append(path)
@@ -69,7 +83,7 @@ def main(argv=None) -> list[Path]:
                   "No cell: no (dataset, algorithm, test env, trial) group has a selectable "
                   "single-test-env run.")
             continue
-        for table in rep.tables(per_trial, method.name, args.baseline, args.alpha,
+        for table in summary.tables(per_trial, method.name, args.baseline, args.alpha,
                                 records=records, algorithms=args.algorithms):
             print()
             print(fmt.to_text(table), end="")
