@@ -1,4 +1,4 @@
-"""Render a :class:`~.tables.Table` as plain text, Markdown, LaTeX or CSV.
+"""Render a :class:`~.summary.Table` as plain text, Markdown, LaTeX or CSV.
 
 Formatting only: every number comes from :func:`domainbed_surgery.report.summary.summarize`.
 Cells read "mean (std)"; the row's best mean is marked (``*x*`` in text, bold in
