@@ -121,3 +121,31 @@ def test_prose_quotes_the_data(document, phrase):
     """Every number these phrases quote is recomputed from the committed CSVs: an edited
     CSV or a rounded-wrong sentence fails here."""
     assert phrase in text(REPO / document), f"{document} should say: {phrase}"
+
+
+PRETRAINED = REPO / "docs" / "results" / "pacs-pretrained"
+
+
+def pretrained_claims() -> list[tuple[str, str]]:
+    """(document, phrase) pairs of the pretrained results, recomputed from their CSVs."""
+    claims = []
+    pilot_csv = PRETRAINED / "pilot_erm_sketch.csv"
+    if pilot_csv.is_file():
+        pilot = pd.read_csv(pilot_csv).set_index("step")
+        gain = lambda a, b: 100 * (pilot.loc[b, "source_val_acc"] - pilot.loc[a, "source_val_acc"])  # noqa: E731
+        readme = "docs/results/pacs-pretrained/README.md"
+        claims += [
+            (readme, f"rose {gain(200, 300):.1f} points from step 200 to 300"),
+            (readme, f"(300 to 400: {gain(300, 400):+.2f}; 400 to 500: {gain(400, 500):+.2f}; "
+                     f"500 to 600: {gain(500, 600):+.2f}; 600 to 700: {gain(600, 700):+.2f})"),
+            (readme, f"at step 300: {100 * pilot.loc[300, 'target_in_acc']:.1f}%; at step 800: "
+                     f"{100 * pilot.loc[800, 'target_in_acc']:.1f}%"),
+        ]
+        assert all(gain(s, s + 100) < 1.0 for s in range(300, 800, 100) if s + 100 in pilot.index)
+    return claims
+
+
+@pytest.mark.parametrize("document, phrase", pretrained_claims(),
+                         ids=lambda v: v if len(v) < 40 else v[:40])
+def test_pretrained_prose_quotes_the_data(document, phrase):
+    assert phrase in text(REPO / document), f"{document} should say: {phrase}"
