@@ -87,3 +87,33 @@ def test_relative_references_are_made_absolute_like_python_does():
     assert absolute("..rules.one_pass", here) == "domainbed_surgery.rules.one_pass"
     init = PACKAGE / "rules" / "__init__.py"
     assert absolute(".interface", init) == "domainbed_surgery.rules.interface"
+
+
+# -- the README's layout table is the tree ---------------------------------------------------
+def layout_rows() -> dict[str, str]:
+    """``package/`` (or ``top level``) -> its row's text, from the README's Code layout table."""
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("## Code layout", 1)[1]
+    rows = {}
+    for line in section.splitlines():
+        match = re.match(r"\|\s*(`(\w+)/`|top level)\s*\|(.*)\|\s*$", line)
+        if match:
+            rows[match.group(2) + "/" if match.group(2) else "top level"] = match.group(3)
+    return rows
+
+
+def test_layout_table_names_every_package_and_module():
+    rows = layout_rows()
+    packages = sorted(p.name + "/" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert sorted(k for k in rows if k != "top level") == packages
+    for package in packages:
+        files = sorted(f.relative_to(PACKAGE / package) for f in (PACKAGE / package).rglob("*.py")
+                       if f.name != "__init__.py")
+        named = set(re.findall(r"(\w+\.py)", rows[package]))
+        missing = [str(f) for f in files if f.name not in named]
+        assert not missing, f"README layout row {package} does not name {missing}"
+        stale = sorted(n for n in named if not any(f.name == n for f in files)
+                       and not (PACKAGE / n).is_file())
+        assert not stale, f"README layout row {package} names files that do not exist: {stale}"
+    top = sorted(f.name for f in PACKAGE.glob("*.py") if f.name != "__init__.py")
+    named_top = set(re.findall(r"(\w+\.py)", " ".join(rows.values())))
+    assert not [f for f in top if f not in named_top], "top-level modules missing from the layout"
