@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from .interface import ElementwiseRule, GramianRule, Rule
-from .kernels import (CHUNK, scratch_buffers, conflicts_into, upper_dots, gram_from_dots, widened_if_overflowed,
-                      check_finite_rows, check_grads, column_chunks, gram_matrix)
+from .kernels import (CHUNK, check_finite_rows, check_grads, column_chunks, conflicts_into,
+                      gram_from_dots, norms_from_dots, scratch_buffers, upper_dots,
+                      widened_if_overflowed)
 
 __all__ = ["OnePass", "one_pass", "combine_in_one_pass"]
 
@@ -71,25 +72,16 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
             partial = rule.combine_chunk(part, c, out[cols])
             if partial is not None:
                 partials.append(partial)
-    partial = torch.stack(partials).sum(dim=0) if partials else None
-    if not gram:
-        sq_norms = torch.stack(dots).view(-1, n).double().sum(dim=0)
-        if grads.dtype != torch.float64 and not bool(torch.isfinite(sq_norms).all()) \
-                and bool(torch.isfinite(grads).all()):  # float32 overflow of finite rows
-            sq_norms = gram_matrix(grads.double(), chunk).diagonal().clone()
-        return OnePass(sq_norms, partial=partial)
-    matrix = widened_if_overflowed(gram_from_dots(dots, n, grads.device), grads, chunk)
-    if not diagnostics:
-        return OnePass(matrix.diagonal().clone(), matrix, partial=partial)
-    segment_agree = None
-    if bounds is not None:
-        sizes = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], device=grads.device)
-        per_segment = torch.zeros(len(sizes), dtype=torch.int64, device=grads.device)
-        for index, count in segment_conflicts:
-            per_segment[index] += count
-        segment_agree = sizes - per_segment
-    return OnePass(matrix.diagonal().clone(), matrix, p - torch.stack(n_conflicts).sum(), partial,
-                   segment_agree)
+    if gram:
+        matrix = widened_if_overflowed(gram_from_dots(dots, n, grads.device), grads, chunk)
+        sq_norms = matrix.diagonal().clone()
+    else:
+        matrix, sq_norms = None, norms_from_dots(dots, grads, chunk)
+    return OnePass(sq_norms, matrix,
+                   n_agree=p - torch.stack(n_conflicts).sum() if diagnostics else None,
+                   partial=torch.stack(partials).sum(dim=0) if partials else None,
+                   segment_agree=_segment_totals(segment_conflicts, bounds, grads.device)
+                   if bounds is not None else None)
 
 
 def _bounds(segments: Optional[Sequence[int]], p: int) -> Optional[list[int]]:
@@ -102,6 +94,15 @@ def _bounds(segments: Optional[Sequence[int]], p: int) -> Optional[list[int]]:
     if bounds[-1] != p:
         raise ValueError(f"segments cover {bounds[-1]} columns, grads have {p}")
     return bounds
+
+
+def _segment_totals(counts: list[tuple[int, Tensor]], bounds: list[int], device) -> Tensor:
+    """Agreeing components per segment, from the per-chunk conflict counts."""
+    sizes = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], device=device)
+    conflicting = torch.zeros(len(sizes), dtype=torch.int64, device=device)
+    for index, count in counts:
+        conflicting[index] += count
+    return sizes - conflicting
 
 
 def _segment_counts(conflicts: Tensor, start: int, bounds: list[int]) -> list[tuple[int, Tensor]]:

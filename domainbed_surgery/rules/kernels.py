@@ -113,6 +113,17 @@ def widened_if_overflowed(gram: Tensor, grads: Tensor, chunk: int) -> Tensor:
     return gram_matrix(grads.double(), chunk)
 
 
+def norms_from_dots(dots: list[Tensor], grads: Tensor, chunk: int = CHUNK) -> Tensor:
+    """``[N]`` float64 squared norms from per-chunk ``<g^(i), g^(i)>`` (row by row), summed;
+    recomputed in float64 if float32 overflowed while ``grads`` are finite."""
+    n = grads.shape[0]
+    sq_norms = torch.stack(dots).view(-1, n).double().sum(dim=0)
+    if grads.dtype == torch.float64 or bool(torch.isfinite(sq_norms).all()) \
+            or not bool(torch.isfinite(grads).all()):
+        return sq_norms
+    return gram_matrix(grads.double(), chunk).diagonal().clone()
+
+
 def check_finite_rows(sq_norms: Tensor, grads: Tensor) -> None:
     """Raise ``FloatingPointError`` naming the rows of ``grads`` that are not finite.
 

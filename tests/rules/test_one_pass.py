@@ -135,3 +135,10 @@ def test_non_finite_rows_are_found_without_diagnostics():
     g[2, 17] = float("nan")
     with pytest.raises(FloatingPointError, match=r"domain\(s\) \[2\]"):
         rules.combine_in_one_pass(rules.get("AgrSum")(), g, gen(), diagnostics=False)
+
+
+def test_float32_overflow_of_the_norms_alone_is_recomputed_in_float64():
+    g = torch.full((3, 10), 1e30)
+    passed = rules.one_pass(g, chunk=4, diagnostics=False)
+    assert passed.gram is None and torch.isfinite(passed.sq_norms).all()
+    assert passed.sq_norms[0].item() == pytest.approx(1e61)
