@@ -281,8 +281,9 @@ def test_benchmark_main_writes_csv_and_json(tmp_path, capsys):
         assert r["setting"] == "tiny" and r["steps"] == "2" and r["threads"] == "1"
         assert float(r["median_ms"]) > 0 and float(r["state_mib"]) > 0
         assert float(r["p25_ms"]) <= float(r["median_ms"]) <= float(r["p75_ms"])
+        assert float(r["min_ms"]) <= float(r["mean_ms"])
     erm = next(r for r in csv_rows if r["algorithm"] == "ERM")
-    assert float(erm["ratio_to_erm"]) == 1.0
+    assert float(erm["ratio_to_erm"]) == 1.0 and float(erm["mean_ratio_to_erm"]) == 1.0
 
     with open(tmp_path / "benchmark_parts.csv") as f:
         reader = csv.DictReader(f)

@@ -6,7 +6,9 @@ algorithm from the same seed in one process, runs ``--warmup`` untimed steps eac
 then ``--steps`` repetitions round-robin over the algorithms (the order rotates
 each repetition, so no algorithm always runs right after the same one) and
 reports the median time of ``algorithm.update(minibatches)`` -- CUDA is
-synchronized before and after each step -- and its ratio to ERM's median.
+synchronized before and after each step -- and its ratio to ERM's median, and the mean
+and its ratio: with ``surgery_diagnostics_every`` k > 1 one step in k also computes the
+logged diagnostics, which the median hides and the mean amortizes.
 Interleaving matters on a shared machine: a load spike hits all algorithms alike
 instead of one.
 
@@ -86,8 +88,8 @@ PARTS = ("gradients", "one_pass", "combine", "metrics", "adam")
 
 RESULT_COLUMNS = ("setting", "algorithm", "device", "threads", "backbone", "input_shape",
                   "domains", "batch_per_domain", "params", "steps", "warmup", "median_ms",
-                  "p25_ms", "p75_ms", "min_ms", "ratio_to_erm", "step_mem_mib", "state_mib",
-                  "mem_method")
+                  "p25_ms", "p75_ms", "min_ms", "ratio_to_erm", "mean_ms", "mean_ratio_to_erm",
+                  "step_mem_mib", "state_mib", "mem_method")
 PART_COLUMNS = ("setting", "algorithm", "part", "median_ms", "p25_ms", "p75_ms",
                 "update_median_ms", "share")
 
@@ -210,7 +212,8 @@ def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: 
                 part_times[name][part].append(seconds)
 
     medians = {n: _quantiles(times[n])[0] for n in names}
-    erm = medians.get("ERM")
+    means = {n: statistics.fmean(times[n]) * 1e3 for n in names}
+    erm, erm_mean = medians.get("ERM"), means.get("ERM")
     rows = []
     for name in names:
         med, p25, p75, lo = _quantiles(times[name])
@@ -223,6 +226,8 @@ def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: 
             "median_ms": round(med, 3), "p25_ms": round(p25, 3), "p75_ms": round(p75, 3),
             "min_ms": round(lo, 3),
             "ratio_to_erm": round(med / erm, 3) if erm else None,
+            "mean_ms": round(means[name], 3),
+            "mean_ratio_to_erm": round(means[name] / erm_mean, 3) if erm_mean else None,
             "step_mem_mib": None if step_mem[name] is None else round(step_mem[name] / MIB, 1),
             "state_mib": round(state[name] / MIB, 1), "mem_method": probe.method,
         })
@@ -282,7 +287,8 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 RESULT_TABLE = [("algorithm", "algorithm"), ("median_ms", "median ms"), ("p25_ms", "p25"),
-                ("p75_ms", "p75"), ("min_ms", "min"), ("ratio_to_erm", "x ERM"), ("step_mem_mib", "step MiB"),
+                ("p75_ms", "p75"), ("min_ms", "min"), ("ratio_to_erm", "x ERM"), ("mean_ms", "mean ms"),
+                ("mean_ratio_to_erm", "mean x ERM"), ("step_mem_mib", "step MiB"),
                 ("state_mib", "state MiB")]
 PART_TABLE = [("algorithm", "algorithm"), ("part", "part"), ("median_ms", "median ms"),
               ("p25_ms", "p25"), ("p75_ms", "p75"), ("share", "share of update")]
