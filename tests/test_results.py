@@ -47,11 +47,22 @@ def test_committed_tables_match_their_per_trial_csv(name):
         assert table_lines(fmt.to_markdown(table)) == lines, md
 
 
-def test_committed_batch_size_table_matches_its_csv():
-    folder = RESULTS / "batch_size"
+BATCH_SIZE_STUDIES = [REPO / "docs" / "results" / regime / "batch_size"
+                      for regime in ("pacs64", "pacs-pretrained")]
+
+
+@pytest.mark.parametrize("folder", BATCH_SIZE_STUDIES, ids=lambda f: f.parent.name)
+def test_committed_batch_size_table_matches_its_per_trial_csv(folder):
+    """The batch-size table is computed again from its per-trial CSV (accuracies, paired
+    gaps, diagnostics), so every row of it can be re-derived."""
+    from domainbed_surgery.analysis.by_hparam import summarize_per_trial
+
     if not (folder / "by_batch_size.csv").is_file():
         pytest.skip(f"no committed results in {folder}")
+    per_trial = pd.read_csv(folder / "by_batch_size_per_trial.csv", dtype={"value": str})
     frame = pd.read_csv(folder / "by_batch_size.csv", dtype={"value": str})
+    pd.testing.assert_frame_equal(summarize_per_trial(per_trial), frame, check_exact=False,
+                                  rtol=1e-12)
     table = frame.drop(columns=["hparam"]).rename(columns={"value": "batch_size"})
     assert fmt.markdown_table(table) == (folder / "by_batch_size.md").read_text(encoding="utf-8")
 

@@ -43,6 +43,8 @@ separately (interleaved too), through the algorithm's public phases: ``gradients
 Gram matrix, the agreement count and an elementwise rule's result in one read of the
 ``[N, P]`` buffer), ``combine`` (the whole rule: that pass, then Agr-Rand's noise or a
 Gramian rule's ``weights @ grads``; so ``combine - one_pass`` is what follows the pass),
+``combine_no_diagnostics`` (the same on a step without the logged diagnostics, see
+``surgery_diagnostics_every``: ``combine`` minus it is what the diagnostics cost),
 ``metrics`` (what ``update`` logs: loss, agreement fraction and cosine) and ``adam``
 (``apply``: the update as ``.grad``, ``optimizer.step``). ``share`` is a part's median over the update's median.
 
@@ -84,7 +86,7 @@ FLOOR = "per-domain-floor"
 #: Every available rule of the registry (the paper's three first, then TorchJD's).
 SURGERY_ALGORITHMS = tuple(rules.names())
 DEFAULT_ALGORITHMS = ("ERM", *SURGERY_ALGORITHMS, "ANDMask", "Fish", PAPER, FLOOR)
-PARTS = ("gradients", "one_pass", "combine", "metrics", "adam")
+PARTS = ("gradients", "one_pass", "combine", "combine_no_diagnostics", "metrics", "adam")
 
 RESULT_COLUMNS = ("setting", "algorithm", "device", "threads", "backbone", "input_shape",
                   "domains", "batch_per_domain", "params", "steps", "warmup", "median_ms",
@@ -170,6 +172,8 @@ def _parts_once(alg, minibatches, device) -> dict[str, float]:
     out["one_pass"], _ = timed(lambda: rules.one_pass(
         grads, rule if isinstance(rule, rules.ElementwiseRule) else None, out=alg.update_vector),
         device)
+    out["combine_no_diagnostics"], _ = timed(lambda: alg.combine(grads, diagnostics=False),
+                                             device)
     out["combine"], passed = timed(lambda: alg.combine(grads, diagnostics=True), device)
     out["metrics"], _ = timed(lambda: alg.metrics(losses, passed), device)
     out["adam"], _ = timed(alg.apply, device)
