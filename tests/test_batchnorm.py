@@ -93,7 +93,8 @@ def test_no_commit_no_change_and_modules_restored():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-    assert not any(m._forward_pre_hooks for m in model.modules())
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     model(xs[0])  # back to normal: a plain forward updates the running statistics again
     assert model[0].num_batches_tracked.item() == 1
 

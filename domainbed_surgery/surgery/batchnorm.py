@@ -28,46 +28,29 @@ __all__ = ["PooledBatchNormStats"]
 
 
 class _Record:
-    """Batch statistics seen by one BatchNorm module during the recorded passes."""
+    """Batch statistics written by one BatchNorm module during the recorded passes."""
 
     def __init__(self) -> None:
         self.means: list[Tensor] = []
         self.vars: list[Tensor] = []
 
-    def __call__(self, module: _BatchNorm, args) -> None:
-        mean, var = batch_statistics(args[0].detach(), module.running_mean)
-        self.means.append(mean)
-        self.vars.append(var)
-
-
-def batch_statistics(x: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and unbiased variance of ``x`` ([B, C, ...]), as BatchNorm computes them.
-
-    From the sums of ``x - shift`` and of its squares: on an NCHW tensor two plain sums
-    cost a tenth of ``torch.var_mean`` over (0, 2, 3), and shifting by the running mean
-    (close to the batch mean) keeps ``sum(d^2) - sum(d)^2 / n`` from cancelling (float32
-    sums, combined in float64).
-    """
-    dims = [0, *range(2, x.dim())]
-    n = x.numel() // x.shape[1]
-    with torch.no_grad():
-        d = x - shift.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
-        s1 = d.sum(dim=dims).double()
-        s2 = d.mul_(d).sum(dim=dims).double()
-        mean = s1 / n
-        var = (s2 - s1 * mean) / max(n - 1, 1)
-    return (mean + shift.double()).to(x.dtype), var.clamp_min_(0).to(x.dtype)
+    def __call__(self, module: _BatchNorm, args, output) -> None:
+        # momentum 1 inside the block: the running statistics now hold this batch's own
+        self.means.append(module.running_mean.clone())
+        self.vars.append(module.running_var.clone())
 
 
 class PooledBatchNormStats:
     """Context manager: per-pass batch statistics inside, one pooled running update on commit.
 
     Inside the ``with`` block, every BatchNorm of ``model`` that is in train mode and
-    tracks running statistics normalizes with the batch's statistics (as usual) but does
-    not touch its running statistics; each pass's batch mean and unbiased variance are
-    recorded. Leaving the block restores the modules. :meth:`commit` (after the block)
-    applies the single update; without it nothing changes, e.g. when the step is
-    abandoned because a gradient is not finite.
+    tracks running statistics normalizes with the batch's statistics (as usual) and runs
+    with momentum 1, so its own kernel writes that batch's mean and unbiased variance into
+    the running statistics, where a hook records them: free, and exactly the statistics
+    BatchNorm computed. Leaving the block restores the modules (running statistics,
+    ``num_batches_tracked``, momentum). :meth:`commit` (after the block) applies the
+    single update; without it nothing changes, e.g. when the step is abandoned because a
+    gradient is not finite.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -76,21 +59,31 @@ class PooledBatchNormStats:
                          and m.running_mean is not None and m.running_var is not None]
         self._records: list[_Record] = []
         self._handles: list = []
+        self._saved: list[tuple] = []
 
     def __enter__(self) -> "PooledBatchNormStats":
         self._records = [_Record() for _ in self._modules]
+        self._saved = []
         for module, record in zip(self._modules, self._records):
-            self._handles.append(module.register_forward_pre_hook(record))
-            # train mode without running statistics: batch statistics, no update
-            module.track_running_stats = False
+            tracked = module.num_batches_tracked
+            self._saved.append((module.running_mean.clone(), module.running_var.clone(),
+                                None if tracked is None else tracked.clone(), module.momentum))
+            module.momentum = 1.0
+            self._handles.append(module.register_forward_hook(record))
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for module in self._modules:
-            module.track_running_stats = True
+        with torch.no_grad():
+            for module, (mean, var, tracked, momentum) in zip(self._modules, self._saved):
+                module.running_mean.copy_(mean)
+                module.running_var.copy_(var)
+                if tracked is not None:
+                    module.num_batches_tracked.copy_(tracked)
+                module.momentum = momentum
+        self._saved = []
 
     @property
     def active(self) -> bool:
