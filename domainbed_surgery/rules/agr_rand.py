@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
 import torch
+from torch import Tensor
 
 from .interface import ElementwiseRule
 from .kernels import CHUNK, column_chunks
@@ -48,19 +52,47 @@ class AgrRand(ElementwiseRule):
         """Noise where the domains conflict: exactly the zeros of ``out``, since an agreeing
         component is a sum of nonzero numbers of one sign, which is never zero.
 
-        Drawn a cache-sized chunk at a time for every component, the agreeing ones keeping
-        their sum: a normal draw costs the same per number as compacting the conflicting
-        ones out (measured: all-draw-and-select 63 ms, draw-only-conflicts with
-        ``masked_scatter_`` 123 ms for 11.2 M components at 90% conflict, one thread), and
-        no count waits for a GPU.
+        Every component gets a draw and the agreeing ones keep their sum: a normal draw
+        costs about what compacting the conflicting ones out would (measured: draw and
+        select 63 ms, ``masked_scatter_`` of the conflicts' draws 123 ms, for 11.2 M
+        components at 90% conflict, one thread), and no count waits for a GPU. On the CPU,
+        where one generator draws about 3 ns per number on one core, :data:`NOISE_PARTS`
+        contiguous parts are drawn in parallel threads, each by its own generator seeded
+        from ``generator``: the same result for any number of threads.
         """
         l1, n_agree = partial[0], partial[1]
         sigma = torch.where(n_agree > 0, l1 / n_agree.clamp_min(1), 0.0).to(out.dtype)
         flat = out.view(-1)
-        noise = torch.empty(min(CHUNK, flat.numel()), dtype=out.dtype, device=out.device)
-        for cols in column_chunks(flat.numel(), CHUNK):
-            part = flat[cols]
-            draw = noise[:part.numel()]
-            torch.randn(draw.shape, generator=generator, out=draw).mul_(sigma)
-            torch.where(part == 0, draw, part, out=part)
+        if flat.device.type != "cpu":
+            noise = torch.randn(flat.shape, generator=generator, device=flat.device,
+                                dtype=flat.dtype).mul_(sigma)
+            torch.where(flat == 0, noise, flat, out=flat)
+            return out
+        bounds = torch.linspace(0, flat.numel(), NOISE_PARTS + 1).long().tolist()
+        seeds = torch.randint(0, 2**62, (NOISE_PARTS,), generator=generator).tolist()
+        parts = [(flat[a:b], seed) for a, b, seed in zip(bounds, bounds[1:], seeds) if b > a]
+        list(_pool().map(lambda part: _noise_where_zero(*part, sigma), parts))
         return out
+
+
+#: Contiguous parts of Agr-Rand's noise, each drawn by its own generator (a CPU thread each).
+NOISE_PARTS = 4
+_POOL: Optional[ThreadPoolExecutor] = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=NOISE_PARTS, thread_name_prefix="agr-rand-noise")
+    return _POOL
+
+
+def _noise_where_zero(part: Tensor, seed: int, sigma: Tensor) -> None:
+    """``N(0, sigma^2)`` draws into the zeros of ``part``, a cache-sized chunk at a time."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.empty(min(CHUNK, part.numel()), dtype=part.dtype)
+    for cols in column_chunks(part.numel(), CHUNK):
+        chunk = part[cols]
+        draw = noise[:chunk.numel()]
+        torch.randn(draw.shape, generator=generator, out=draw).mul_(sigma)
+        torch.where(chunk == 0, draw, chunk, out=chunk)

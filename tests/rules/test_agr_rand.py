@@ -61,3 +61,37 @@ def test_generator_on_the_wrong_device_is_refused():
     meta = torch.zeros(2, 3, device="meta")
     with pytest.raises(ValueError, match="generator"):
         agr_rand(meta, torch.Generator())
+
+
+def fused_agr_rand(grads, seed):
+    return rules.combine_in_one_pass(rules.get("AgrRand")(), grads, gen(seed))[0]
+
+
+def test_fused_noise_is_the_same_for_any_number_of_threads():
+    """The fast path draws its noise by parts in parallel threads, one generator each, all
+    seeded from the run's generator: the thread count must not change the update."""
+    grads = torch.randn(3, 3 * rules.kernels.CHUNK + 17, generator=gen(5))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fused_agr_rand(grads, 1)
+        torch.set_num_threads(2)
+        two = fused_agr_rand(grads, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    assert not torch.equal(one, fused_agr_rand(grads, 2))  # another seed, other noise
+
+
+def test_fused_noise_fills_every_part_with_the_agreeing_scale():
+    """Every part of the vector (the first and the last one included) gets N(0, sigma^2)
+    at its conflicting components, sigma the mean |sum| over the agreeing ones."""
+    grads = torch.randn(3, 4 * rules.kernels.CHUNK, generator=gen(6))
+    out = fused_agr_rand(grads, 3)
+    agree = rules.agreement_mask(grads)
+    torch.testing.assert_close(out[agree], grads.sum(0)[agree])
+    sigma = grads.sum(0)[agree].abs().mean()
+    quarter = out.numel() // 4
+    for part in (slice(0, quarter), slice(3 * quarter, None)):
+        noise = out[part][~agree[part]]
+        assert stats.kstest((noise / sigma).numpy(), "norm").pvalue > 1e-3
