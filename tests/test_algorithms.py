@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from conftest import randomized
 from domainbed_surgery import rules
+from domainbed_surgery.surgery import hparams as surgery_hparams
 
 OURS = ("AgrSum", "AgrRand", "PCGrad")
 
@@ -67,13 +68,18 @@ def test_each_algorithm_trains_to_lower_loss(domainbed, digits_batches, algorith
     y = torch.cat([b[1] for b in digits_batches])
     with torch.no_grad():
         before = F.cross_entropy(alg.predict(x), y).item()
-    for _ in range(30):
-        out = alg.update(digits_batches)
+    outs = [alg.update(digits_batches) for _ in range(30)]
     with torch.no_grad():
         after = F.cross_entropy(alg.predict(x), y).item()
     assert after < before - 0.25
-    assert set(out) == {"loss", "agreement", "cosine", "diagnostics_every"}
-    assert 0.0 <= out["agreement"] <= 1.0 and -1.0 <= out["cosine"] <= 1.0
+    # the diagnostics on steps 0, 10, 20 (the default every 10th step), the loss on every one
+    every = surgery_hparams.DIAGNOSTICS_EVERY
+    assert every == 10
+    for step, out in enumerate(outs):
+        diagnostic = {"agreement", "cosine"} if step % every == 0 else set()
+        assert set(out) == {"loss", "diagnostics_every"} | diagnostic, step
+        assert out["diagnostics_every"] == every
+    assert 0.0 <= outs[0]["agreement"] <= 1.0 and -1.0 <= outs[0]["cosine"] <= 1.0
 
 
 @pytest.mark.parametrize("algorithm", OURS)
@@ -120,7 +126,7 @@ def test_flipped_labels_conflict(domainbed, digits_batches):
 
 
 def test_single_domain_is_plain_gradient_with_one_warning(domainbed, digits_batches):
-    alg = make(domainbed, "AgrRand", n_domains=1)
+    alg = make(domainbed, "AgrRand", n_domains=1, surgery_diagnostics_every=1)
     reference = copy.deepcopy(alg)
     with pytest.warns(UserWarning, match="single training domain"):
         alg.update(digits_batches[:1])
