@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import domainbed_surgery
-from domainbed_surgery.launch import launchers
+from domainbed_surgery.launch import launchers, parallel
 from domainbed_surgery.plugin.registration import RegistrationConflict, add_launchers
 
 PY = shlex.quote(sys.executable)
@@ -47,7 +47,7 @@ def test_output_dir_parsing():
 
 
 def test_parallel_runs_concurrently_and_sets_threads(tmp_path, cpu_env, monkeypatch):
-    monkeypatch.setattr(launchers, "available_cores", lambda: 8)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 8)
     files = [tmp_path / f"r{i}.json" for i in range(4)]
     results = launchers.parallel_launcher([record(f, sleep=0.8) for f in files],
                                           progress=False)
@@ -64,7 +64,7 @@ def test_parallel_runs_concurrently_and_sets_threads(tmp_path, cpu_env, monkeypa
 
 
 def test_parallel_threads_and_gpu_slots(monkeypatch):
-    monkeypatch.setattr(launchers, "available_cores", lambda: 16)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 16)
     monkeypatch.setenv("DOMAINBED_PARALLEL_GPUS", "0,3")
     monkeypatch.setenv("DOMAINBED_PARALLEL_PER_GPU", "2")
     plan = launchers.ParallelPlan.from_env()
