@@ -101,23 +101,29 @@ def train_args(algorithm, hparams, out, extra=()):
 
 
 #: Runs our train loop with a test hook: at the given ``update`` call the process sends
-#: itself SIGTERM (a stop after that step), or at the given resume save it is SIGKILLed
-#: before saving (a crash between a record and its resume state).
+#: itself SIGTERM (a stop after that step) or deletes its folder and makes it again with
+#: one file (DomainBed's delete_incomplete and a relaunch's first step), or at the given
+#: resume save it is SIGKILLed before saving (a crash between a record and its state).
 INTERRUPTED = """
-import os, signal, sys
+import os, shutil, signal, sys
 from domainbed_surgery import register
 register()
 from domainbed import algorithms
 from domainbed_surgery.training import loop, state
 mode, at = sys.argv[1], int(sys.argv[2])
 calls = {"n": 0}
-if mode == "sigterm_at_update":
+if mode in ("sigterm_at_update", "replace_folder_at_update"):
     cls = algorithms.get_algorithm_class(sys.argv[3])
     update = cls.update
     def counted(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] == at:
+        if calls["n"] == at and mode == "sigterm_at_update":
             os.kill(os.getpid(), signal.SIGTERM)
+        if calls["n"] == at and mode == "replace_folder_at_update":
+            out = sys.argv[sys.argv.index("--output_dir") + 1]
+            shutil.rmtree(out)
+            os.makedirs(out)
+            open(os.path.join(out, "other_run"), "w").close()
         return update(self, *a, **k)
     cls.update = counted
 else:
@@ -172,6 +178,18 @@ def test_interrupted_and_continued_run_writes_domainbed_records(domainbed, subpr
     assert (ours / "done").exists() and not (ours / "resume.pt").exists()
     again = run_module("domainbed_surgery.scripts.train", args, subprocess_env, tmp_path)
     assert "already done" in again.stderr and records(ours) == expected
+
+
+def test_a_run_whose_folder_is_deleted_writes_nothing_more(domainbed, subprocess_env, tmp_path):
+    """DomainBed's own delete_incomplete removes a running job's folder and a relaunch makes
+    it again: the old run stops at its next write (exit 75) and leaves the new folder alone
+    (no record, no state, no ``done`` of its own there)."""
+    out = tmp_path / "run"
+    args = train_args("ERM", {"batch_size": 8}, out)
+    proc = run_interrupted("replace_folder_at_update", 2, "ERM", args, subprocess_env, tmp_path)
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert "was deleted while this run trained" in proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["other_run"]
 
 
 # -- the whole algorithm object carries every state ---------------------------------------------

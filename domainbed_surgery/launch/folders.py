@@ -75,6 +75,17 @@ class FolderLock:
         os.write(fd, json.dumps(info if info is not None else process_info()).encode())
         return self
 
+    def held(self) -> bool:
+        """Whether the lock is still the folder's: the folder was not deleted (and perhaps
+        made again for another run) since :meth:`acquire`."""
+        if self._fd is None:
+            return False
+        try:
+            mine, there = os.fstat(self._fd), os.stat(self.path)
+        except OSError:
+            return False
+        return (mine.st_ino, mine.st_dev) == (there.st_ino, there.st_dev)
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # drops the flock

@@ -10,7 +10,7 @@ loader workers, anything run in the background), so it is set on the guard: when
 launcher dies, however it dies (``SIGKILL`` included), the guard gets ``SIGTERM`` and
 ends its whole group: ``SIGTERM``, then ``SIGKILL`` after the kill grace
 (``DOMAINBED_PARALLEL_KILL_GRACE``, see :func:`.process.kill_grace`). It does the same
-on ``SIGTERM``/``SIGINT``/``SIGHUP`` from anyone.
+on ``SIGTERM``/``SIGINT``/``SIGHUP`` from anyone, and outlives ``SIGUSR1``/``SIGUSR2``.
 Where ``prctl`` is missing (not Linux), a thread polls the parent id instead.
 """
 
@@ -29,6 +29,14 @@ from .process import kill_grace
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: Signals Slurm sends every process of a job before its time limit (submitit's SIGUSR2):
+#: the guard outlives them (a handler that does nothing; the command's own handling is
+#: untouched, since handlers, unlike ignored signals, are reset in the command).
+NOTICE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _ignore(_signum, _frame) -> None:
+    pass
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> bool:
@@ -93,6 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, stop)
+    for sig in NOTICE_SIGNALS:  # a cluster's time-limit notice is the job's to act on
+        signal.signal(sig, _ignore)
     watched = die_with_parent(signal.SIGTERM)
     if os.getppid() != parent:  # the launcher died before the kernel was watching it
         return 128 + signal.SIGTERM

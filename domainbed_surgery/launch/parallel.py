@@ -25,6 +25,9 @@ Options are environment variables (DomainBed's sweep CLI has no place for them):
     (default: a fresh temporary folder). With ``--output_dir DIR`` they go to
     ``DIR/launcher.txt`` (DomainBed's train.py also tees to ``DIR/out.txt``/``err.txt``).
 
+DomainBed's train commands run as our resumable train (:func:`.process.resumable`): a
+job stopped by the launcher saves its state, and a relaunch continues it.
+
 It shows a tqdm bar with done/failed counts; a failed job does not stop the
 others, and failures are listed at the end (command, exit code, ``err.txt``), after
 which the launcher raises :class:`JobsFailed` so that the sweep exits with status 1.
@@ -50,7 +53,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, TextIO
 
 from .process import (JobsFailed, StopSignals, Terminated, available_cores, env, env_int,
-                      exit_on, kill_grace, kill_groups, output_dir_of, start_job)
+                      exit_on, kill_grace, kill_groups, output_dir_of, resumable, start_job)
 
 ENV_PREFIX_PARALLEL = "DOMAINBED_PARALLEL_"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -196,7 +199,7 @@ def _run_parallel(commands: list[str], stop_signals: StopSignals, poll_s: float,
                     job_env = {**os.environ, **plan.slots[slot]}
                     path = log_path(i)
                     log = open(path, "ab")  # noqa: SIM115 - closed when the job ends
-                    proc = start_job(commands[i], job_env, log)
+                    proc = start_job(resumable(commands[i]), job_env, log)
                     results[i].log, results[i].env = str(path), dict(plan.slots[slot])
                     running[i] = (proc, slot, time.monotonic(), log)
             for i in [i for i, (p, *_) in running.items() if p.poll() is not None]:
@@ -216,8 +219,9 @@ def _run_parallel(commands: list[str], stop_signals: StopSignals, poll_s: float,
             bar.close()
             what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"got {exc}"
             print(f"\nparallel launcher: {what}; terminating {len(running)} running job(s). "
-                  "Nothing was marked done or deleted: run `sweep delete_incomplete` and "
-                  "`sweep launch` again to resume.", file=sys.stderr)
+                  "Nothing was marked done or deleted: `python -m domainbed_surgery.scripts."
+                  "sweep launch` again continues them from their last resume state.",
+                  file=sys.stderr)
             kill_groups([proc for proc, *_ in running.values()], grace)
             for _, _, _, log in running.values():
                 log.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -79,6 +80,32 @@ def output_dir_of(command: str) -> Optional[str]:
         if word.startswith("--output_dir="):
             return word.split("=", 1)[1]
     return None
+
+
+DOMAINBED_TRAIN = "domainbed.scripts.train"
+#: The train entry point our launchers run: DomainBed's training that continues where it
+#: stopped (``domainbed_surgery.training``); same arguments, same records.
+RESUMABLE_TRAIN = "domainbed_surgery.scripts.train"
+_TRAIN_COMMAND = re.compile(r"^(\S+\s+-m\s+)" + re.escape(DOMAINBED_TRAIN) + r"(?=\s|$)")
+
+
+def resumable(command: str) -> str:
+    """DomainBed's train command as our launchers run it: ``exec PYTHON -m
+    domainbed_surgery.scripts.train ARGS`` for ``PYTHON -m domainbed.scripts.train ARGS``
+    (``exec``: the shell becomes the training process, so the signals a cluster sends a
+    job reach it and nothing in between); any other command unchanged."""
+    if not _TRAIN_COMMAND.match(command) or not _simple(command):
+        return command
+    return "exec " + _TRAIN_COMMAND.sub(r"\g<1>" + RESUMABLE_TRAIN, command, count=1)
+
+
+def _simple(command: str) -> bool:
+    """Whether ``command`` is one simple shell command (no operator outside quotes)."""
+    try:
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+        return not any(tok and set(tok) <= set("();<>|&") for tok in lexer)
+    except ValueError:
+        return False
 
 
 class JobsFailed(SystemExit):

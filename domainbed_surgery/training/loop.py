@@ -15,7 +15,9 @@ for value against DomainBed's script). In addition:
   or a requeue) stop the run after the current step, with a resume state, and exit with
   status 128 + the signal number; a second SIGINT or SIGTERM stops it at once;
 - a run holds its folder's lock (:class:`..launch.folders.FolderLock`) while it runs: a
-  second run in the same folder stops with an error instead of writing beside it;
+  second run in the same folder stops with an error instead of writing beside it, and a
+  run whose folder was deleted under it (DomainBed's ``delete_incomplete``) stops before
+  it writes anything more, rather than into a folder made again for another run;
 - a finished folder (``done``) of the same arguments is left as it is (status 0); a
   folder of other arguments is refused.
 
@@ -101,12 +103,25 @@ def train(args) -> int:
     except FolderBusy as exc:
         return _error(f"{exc}; not starting a second run there.", 75)
     try:
-        return _train_locked(args)
+        return _train_locked(args, lock)
+    except FolderGone as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 75
     finally:
         lock.release()
 
 
-def _train_locked(args) -> int:
+class FolderGone(RuntimeError):
+    """The run's folder was deleted (and maybe made again) while it trained."""
+
+
+def _still_ours(lock: FolderLock) -> None:
+    if not lock.held():
+        raise FolderGone(f"{lock.folder} was deleted while this run trained (`sweep "
+                         "delete_incomplete`?); stopping without writing to it again.")
+
+
+def _train_locked(args, lock: FolderLock) -> int:
     from domainbed import algorithms, datasets, hparams_registry  # noqa: PLC0415
     from domainbed.lib import misc  # noqa: PLC0415
 
@@ -255,6 +270,7 @@ def _train_locked(args) -> int:
         torch.save(save_dict, os.path.join(args.output_dir, filename))
 
     def save_resume(next_step: int) -> None:
+        _still_ours(lock)
         resume_state.save(args.output_dir, {
             "args": vars(args), "step": next_step, "algorithm": algorithm,
             "rng": resume_state.rng_state(),
@@ -308,6 +324,7 @@ def _train_locked(args) -> int:
             misc.print_row([results[key] for key in results_keys], colwidth=12)
 
             results.update({"hparams": hparams, "args": vars(args)})
+            _still_ours(lock)
             with open(results_path, "a") as f:
                 f.write(json.dumps(results, sort_keys=True) + "\n")
                 f.flush()
@@ -322,6 +339,7 @@ def _train_locked(args) -> int:
                 save_resume(step + 1)
             return _stopped(stop.signum, step + 1)
 
+    _still_ours(lock)
     save_checkpoint("model.pkl")
     with open(os.path.join(args.output_dir, "done"), "w") as f:
         f.write("done")
