@@ -40,7 +40,7 @@ def slurm_env(slurm, subprocess_env, tmp_path):
         subprocess.run(["scancel", *sorted(ids)], capture_output=True, timeout=60)
 
 
-def sweep_args(command, out, data, *, steps=200, freq=50, jobs=("0",), extra=()):
+def sweep_args(command, out, data, *, steps=40, freq=10, jobs=("0",), extra=()):
     return ["domainbed_surgery.scripts.sweep", command, "--datasets", "RotatedDigits",
             "--algorithms", "ERM", "--n_hparams", "1", "--n_trials", "1", "--single_test_envs",
             "--test_envs", *jobs, "--steps", str(steps), "--checkpoint_freq", str(freq),
@@ -119,6 +119,13 @@ def listed(task: str) -> bool:
     return task in proc.stdout.split()
 
 
+def more_cpus_than_a_node() -> str:
+    """A CPU count no node of the test cluster has (4 on a 2-CPU node)."""
+    proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True,
+                          timeout=60, check=True)
+    return str(max(int(n) for n in proc.stdout.split()) + 2)
+
+
 def only_job(out: Path) -> Path:
     jobs = [d for d in out.iterdir() if d.is_dir()]
     assert len(jobs) == 1, jobs
@@ -159,7 +166,43 @@ def test_sigterm_to_the_waiting_launcher_cancels_its_jobs_and_relaunch_continues
     assert "Also launching the 1 incomplete job(s)" in again.stdout
     assert "Resuming at step" in (job / "out.txt").read_text()
     assert records(job) == domainbed_records(job, slurm_env, tmp_path)
-    assert steps_of(job) == [0, 50, 100, 150, 199]
+    assert steps_of(job) == [0, 10, 20, 30, 39]
+
+
+LAUNCH_SLEEPS = """
+from domainbed_surgery.launch.slurm import slurm_launcher
+slurm_launcher(["sleep 300", "sleep 300"])
+"""
+
+
+def test_ctrl_c_to_the_waiting_launcher_cancels_running_and_pending_tasks(slurm_env, tmp_path):
+    """Issue 18.1 with Ctrl-C (SIGINT): one task running, one pending (array parallelism 1);
+    the launcher cancels both, waits until Slurm lists neither, and ends by the SIGINT
+    (``KeyboardInterrupt`` re-raised: a shell sees status 130)."""
+    env = dict(slurm_env, DOMAINBED_SLURM_WAIT="1", DOMAINBED_SLURM_ARRAY_PARALLELISM="1")
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCH_SLEEPS], env=env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        logs = tmp_path / "logs"
+        array = wait_for(lambda: logs.is_dir() and next(logs.glob("*_0"), None), 120,
+                         "the submission").name.split("_")[0]
+
+        def running_first():
+            proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", array],
+                                  capture_output=True, text=True, timeout=60)
+            return dict(line.split() for line in proc.stdout.splitlines()).get(f"{array}_0") \
+                == "RUNNING"
+
+        wait_for(running_first, 120, "the first task to run")
+        assert listed(f"{array}_1")  # pending behind it
+        launcher.send_signal(signal.SIGINT)
+        _, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == -signal.SIGINT, stderr[-3000:]
+    assert "cancelling the 2 job(s) it submitted" in stderr
+    assert not listed(f"{array}_0") and not listed(f"{array}_1")
 
 
 def test_alive_jobs_are_neither_deleted_nor_relaunched(slurm_env, tmp_path):
@@ -184,7 +227,7 @@ def test_alive_jobs_are_neither_deleted_nor_relaunched(slurm_env, tmp_path):
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: (job / "done").exists(), 600, "the job to end")
-    assert steps_of(job) == [0, 50, 100, 150, 199]
+    assert steps_of(job) == [0, 10, 20, 30, 39]
 
 
 # -- 2, 3. preemption (requeue) and time limit (SIGUSR2): continued, no duplicate -----------
@@ -250,7 +293,7 @@ def test_more_jobs_than_max_array_size_are_split_into_arrays(slurm_env, tmp_path
 # -- 5, 6. hangs and setup errors: said, with the variable, before any folder ------------------------
 @pytest.mark.parametrize("variable,value,expected", [
     ("DOMAINBED_SLURM_GPUS", "1", "set DOMAINBED_SLURM_GPUS=0 for CPU jobs"),
-    ("DOMAINBED_SLURM_CPUS", "64", "set DOMAINBED_SLURM_CPUS to at most"),
+    ("DOMAINBED_SLURM_CPUS", None, "set DOMAINBED_SLURM_CPUS to at most"),
 ])
 def test_a_request_the_cluster_cannot_satisfy_stops_before_any_folder(slurm_env, tmp_path,
                                                                       variable, value, expected):
@@ -258,7 +301,7 @@ def test_a_request_the_cluster_cannot_satisfy_stops_before_any_folder(slurm_env,
     cluster): our sweep stops before making any folder and names the variable. Through
     DomainBed's own sweep (which makes the folders first) the launcher removes the empty
     folders, so that the relaunch submits them instead of launching 0 jobs."""
-    env = dict(slurm_env, **{variable: value})
+    env = dict(slurm_env, **{variable: value or more_cpus_than_a_node()})
     out = tmp_path / "sweep"
     proc = run(sweep_args("launch", out, tmp_path), env, tmp_path)
     assert proc.returncode != 0
@@ -267,7 +310,7 @@ def test_a_request_the_cluster_cannot_satisfy_stops_before_any_folder(slurm_env,
     assert not out.exists()
     theirs = run(["domainbed.scripts.sweep", "launch", "--datasets", "RotatedDigits",
                   "--algorithms", "ERM", "--n_hparams", "1", "--n_trials", "1",
-                  "--single_test_envs", "--steps", "200", *common_args(out, tmp_path)], env,
+                  "--single_test_envs", "--steps", "40", *common_args(out, tmp_path)], env,
                  tmp_path)
     assert theirs.returncode != 0 and expected in theirs.stderr
     assert out.is_dir() and not any(out.iterdir())  # their folders made, and removed again
@@ -319,7 +362,7 @@ def test_waiting_launcher_reports_jobs_that_can_never_end_well(slurm, tmp_path, 
 
     # a request that can never start, when the setup check is bypassed
     monkeypatch.setattr(slurm_launcher, "check_setup", lambda params=None: None)
-    monkeypatch.setenv("DOMAINBED_SLURM_CPUS", "64")
+    monkeypatch.setenv("DOMAINBED_SLURM_CPUS", more_cpus_than_a_node())
     with pytest.raises(SystemExit):
         slurm_launcher.slurm_launcher(["true"])
     err = capsys.readouterr().err

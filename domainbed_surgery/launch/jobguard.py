@@ -25,18 +25,14 @@ import threading
 import time
 from typing import Optional, Sequence
 
-from .process import kill_grace
+from .process import NOTICE_SIGNALS, STOP_SIGNALS, kill_grace
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-#: Signals Slurm sends every process of a job before its time limit (submitit's SIGUSR2):
-#: the guard outlives them (a handler that does nothing; the command's own handling is
-#: untouched, since handlers, unlike ignored signals, are reset in the command).
-NOTICE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 def _ignore(_signum, _frame) -> None:
-    pass
+    """The guard outlives :data:`.process.NOTICE_SIGNALS` with a handler that does nothing
+    (unlike an ignored signal, a handler is reset in the command, which acts on them)."""
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> bool:

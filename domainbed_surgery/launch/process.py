@@ -1,7 +1,9 @@
 """Process control shared by both launchers: settings, stop signals, starting and ending jobs.
 
-One place for each policy: which signals stop a launcher and how (:class:`StopSignals`),
-how long a job may take to end after SIGTERM (:func:`kill_grace`), how a job is started
+One place for each policy: which signals stop a launcher and how (:class:`StopSignals`,
+:data:`STOP_SIGNALS`), which ones tell a job to save its state and stop
+(:data:`NOTICE_SIGNALS`, :data:`CHECKPOINT_SIGNAL`), how long a job may take to end after
+SIGTERM (:func:`kill_grace`) or to save its state (:data:`SAVE_WAIT_S`), how a job is started
 so that it dies with its launcher (:func:`start_job`, under :mod:`.jobguard`) and how a
 group of jobs is ended (:func:`kill_groups`). Standard library only.
 """
@@ -23,6 +25,17 @@ from typing import Iterator, Optional, Sequence
 #: Slurm job bodies and the job guard all read this one setting).
 KILL_GRACE_ENV = "DOMAINBED_PARALLEL_KILL_GRACE"
 DEFAULT_KILL_GRACE = 5.0
+#: Longest wait (s) for a Slurm job's training to save its state after
+#: :data:`CHECKPOINT_SIGNAL`, before the task is requeued (submitit signals 90 s before the end).
+SAVE_WAIT_S = 60.0
+
+#: Signals that stop a launcher (its jobs are ended) and a job guard (its group is ended).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+#: Signals a cluster sends every process of a job before a time limit or at a preemption:
+#: the training saves its state and stops after its step; guards and data workers outlive them.
+NOTICE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+#: What a Slurm job body sends its command to make it save its state and stop (submitit's).
+CHECKPOINT_SIGNAL = signal.SIGUSR2
 
 
 # -- settings from the environment ---------------------------------------------------------
@@ -160,7 +173,7 @@ class StopSignals:
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is not threading.main_thread():
             return self
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             if sig == signal.SIGINT:
                 current = signal.getsignal(sig)
                 ignored = current is signal.SIG_IGN and self._handle_ignored_sigint

@@ -37,7 +37,6 @@ On Slurm:
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -45,16 +44,13 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import cluster, folders, watch
-from .process import (JobsFailed, StopSignals, Terminated, env, exit_on, kill_groups,
-                      output_dir_of, resumable, start_job)
+from .process import (CHECKPOINT_SIGNAL, SAVE_WAIT_S, JobsFailed, StopSignals, Terminated, env,
+                      exit_on, kill_groups, output_dir_of, resumable, start_job)
 from .slurm_request import (ENV_PREFIX_SLURM, SlurmNotFound, SlurmSetupError, check_setup,
                             slurm_cluster, slurm_parameters)
 
 __all__ = ["ShellCommand", "SlurmNotFound", "SlurmSetupError", "check_setup", "slurm_cluster",
            "slurm_launcher", "slurm_parameters"]
-#: Longest wait (s) for the training process to save its state after a time-limit or
-#: preemption signal, before the task is requeued (submitit signals 90 s before the end).
-CHECKPOINT_WAIT_S = 60.0
 
 
 class ShellCommand:
@@ -94,10 +90,10 @@ class ShellCommand:
         guard = self._guard
         if guard is not None:
             try:
-                os.killpg(guard.pid, signal.SIGUSR2)
+                os.killpg(guard.pid, CHECKPOINT_SIGNAL)
             except OSError:
                 pass
-            _wait_exit(guard.pid, CHECKPOINT_WAIT_S)
+            _wait_exit(guard.pid, SAVE_WAIT_S)
         return submitit.helpers.DelayedSubmission(ShellCommand(self.command))
 
     def __getstate__(self) -> dict:

@@ -31,6 +31,7 @@ import torch
 import torch.utils.data
 
 from ..fixes.loaders import check_batch_fits
+from ..launch.process import NOTICE_SIGNALS
 
 
 def draw_seed() -> int:
@@ -40,7 +41,7 @@ def draw_seed() -> int:
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
     """``worker_init_fn``: a data worker leaves a time limit's signal to the training process."""
-    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+    for sig in NOTICE_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
 

@@ -44,13 +44,15 @@ import torch.utils.data
 import torchvision
 
 from ..launch.folders import FolderBusy, FolderLock
+from ..launch.process import NOTICE_SIGNALS
 from ..plugin.forward import script_parser
 from ..plugin.registration import register
 from . import state as resume_state
 from .loaders import EvalLoader, ResumableInfiniteLoader
 
 TRAIN_SCRIPT = "domainbed.scripts.train"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+#: What stops a run after its current step, with a resume state.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, *NOTICE_SIGNALS)
 
 
 class StopRequest:
