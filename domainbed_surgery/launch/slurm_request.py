@@ -80,9 +80,9 @@ def check_setup(params: Optional[dict] = None) -> None:
     fixes = _what_to_change(params)
     raise SlurmSetupError(
         f"slurm launcher: Slurm would never run these jobs (sbatch --test-only "
-        f"{' '.join(cluster.sbatch_options(params))}: {verdict}). "
-        + (" ".join(fixes) if fixes else "Check the DOMAINBED_SLURM_* variables.")
-        + " Nothing was submitted.")
+        f"{' '.join(cluster.sbatch_options(params))}: {verdict}).\n  "
+        + ("\n  ".join(fixes) if fixes else "Check the DOMAINBED_SLURM_* variables.")
+        + "\nNothing was submitted.")
 
 
 def _what_to_change(params: dict) -> list[str]:
