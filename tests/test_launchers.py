@@ -325,6 +325,9 @@ def test_slurm_without_slurm_is_an_error_not_a_local_run(tmp_path, monkeypatch):
     monkeypatch.setenv("DOMAINBED_SLURM_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))  # no sbatch, no srun
     cmds = [f"echo {i} > {tmp_path / f'marker{i}'}" for i in range(4)]
+    made = tmp_path / "job_folder"  # as DomainBed's sweep makes it before launching
+    made.mkdir()
+    cmds.append(f"true --output_dir {made}")
     with pytest.raises(SystemExit) as exc:
         launchers.slurm_launcher(cmds)
     message = str(exc.value.code)
@@ -332,6 +335,7 @@ def test_slurm_without_slurm_is_an_error_not_a_local_run(tmp_path, monkeypatch):
     assert "parallel" in message
     time.sleep(1.0)
     assert not list(tmp_path.glob("marker*"))  # nothing ran, nothing was submitted
+    assert not made.exists()  # so that DomainBed's sweep, run again, launches the job
 
 
 def test_slurm_cluster_is_slurm_when_sbatch_is_there(tmp_path, monkeypatch):

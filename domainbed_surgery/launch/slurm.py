@@ -147,18 +147,18 @@ def slurm_launcher(commands: Sequence[str], *, cluster: Optional[str] = None,
     originals = list(commands)
     if not originals:
         return []
-    cluster_name = slurm_cluster(cluster)
     commands = [resumable(c) for c in originals]
-    params = slurm_parameters()
-    if cluster_name == "slurm":
-        try:
+    try:  # a refusal removes the empty folders DomainBed's sweep made: a relaunch submits them
+        cluster_name = slurm_cluster(cluster)
+        params = slurm_parameters()
+        if cluster_name == "slurm":
             check_setup(params)
-        except SlurmSetupError:
-            removed = _remove_empty_folders(originals)
-            if removed:
-                print(f"slurm launcher: removed the {removed} empty job folder(s) made for "
-                      "these jobs, so that a relaunch submits them.", file=sys.stderr)
-            raise
+    except (SlurmNotFound, SlurmSetupError, ValueError):
+        removed = _remove_empty_folders(originals)
+        if removed:
+            print(f"slurm launcher: removed the {removed} empty job folder(s) made for "
+                  "these jobs, so that a relaunch submits them.", file=sys.stderr)
+        raise
     import submitit  # noqa: PLC0415 - optional dependency, only for this launcher
 
     if cluster_name == "local":
