@@ -1,4 +1,5 @@
-"""Shared fixtures; prints whether the DomainBed integration tests ran or were skipped."""
+"""Shared fixtures; prints whether the DomainBed integration tests and the Slurm tests ran or
+were skipped."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 _domainbed_outcomes: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
 _skip_reasons: set[str] = set()
+_slurm_outcomes: dict[str, int] = {"passed": 0, "failed": 0, "skipped": 0}
+_slurm_skip_reasons: set[str] = set()
+#: Set (CI does) to make the Slurm tests fail instead of skipping where Slurm is not up.
+REQUIRE_SLURM = "DOMAINBED_REQUIRE_SLURM"
 
 
 def randomized(rule_name: str) -> bool:
@@ -73,23 +78,60 @@ def subprocess_env():
     return env
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slurm: needs a real Slurm (sbatch, squeue): .ci/slurm")
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A reachable Slurm (``sbatch`` on PATH, ``sinfo`` answering); skips loudly without one,
+    fails instead where ``DOMAINBED_REQUIRE_SLURM`` is set (CI, after ``.ci/slurm``)."""
+    import shutil
+    import subprocess
+
+    problem = None
+    if shutil.which("sbatch") is None:
+        problem = "no `sbatch` on PATH"
+    else:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                              timeout=30)
+        states = proc.stdout.split()
+        if proc.returncode != 0:
+            problem = f"`sinfo` fails: {proc.stderr.strip()}"
+        elif not any(s.rstrip("*") in ("idle", "mixed", "allocated", "completing") for s in states):
+            problem = f"no Slurm node is up (sinfo: {' '.join(states) or 'nothing'})"
+    if problem:
+        message = f"Slurm tests skipped: {problem} (as root, `bash .ci/slurm` starts a one-node Slurm)"
+        if os.environ.get(REQUIRE_SLURM):
+            pytest.fail(f"{message}; but {REQUIRE_SLURM} is set", pytrace=False)
+        pytest.skip(message)
+    return True
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "domainbed" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.domainbed)
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
+
+
+def _count(report, outcomes: dict, reasons: set) -> None:
+    if report.when == "call":
+        outcomes[report.outcome] += 1
+    elif report.skipped:
+        outcomes["skipped"] += 1
+        reasons.add(report.longrepr[2] if isinstance(report.longrepr, tuple)
+                    else str(report.longrepr))
+    elif report.failed:
+        outcomes["failed"] += 1
 
 
 def pytest_runtest_logreport(report):
-    if "domainbed" not in report.keywords:
-        return
-    if report.when == "call":
-        _domainbed_outcomes[report.outcome] += 1
-    elif report.skipped:
-        _domainbed_outcomes["skipped"] += 1
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        _skip_reasons.add(reason)
-    elif report.failed:
-        _domainbed_outcomes["failed"] += 1
+    if "domainbed" in report.keywords:
+        _count(report, _domainbed_outcomes, _skip_reasons)
+    if "slurm" in report.keywords:
+        _count(report, _slurm_outcomes, _slurm_skip_reasons)
 
 
 def pytest_collectreport(report):
@@ -107,4 +149,11 @@ def pytest_terminal_summary(terminalreporter):
         f"DomainBed integration tests: {status} ({o['passed']} passed, {o['failed']} failed, "
         f"{o['skipped']} skipped)")
     for reason in sorted(_skip_reasons):
+        terminalreporter.write_line(f"  skip reason: {reason}")
+    o = _slurm_outcomes
+    ran = o["passed"] + o["failed"]
+    terminalreporter.write_line(
+        f"Slurm tests (a real Slurm): {'RAN' if ran else 'SKIPPED'} ({o['passed']} passed, "
+        f"{o['failed']} failed, {o['skipped']} skipped)")
+    for reason in sorted(_slurm_skip_reasons):
         terminalreporter.write_line(f"  skip reason: {reason}")

@@ -70,3 +70,51 @@ def test_sweep_refuses_hparams_that_are_not_json(domainbed, subprocess_env, tmp_
                 "--skip_confirmation"], subprocess_env, tmp_path)
     assert proc.returncode != 0 and "--hparams" in proc.stderr and "JSON" in proc.stderr
     assert "Dummy launcher:" not in proc.stdout
+
+
+# -- what would make failing or silently wrong jobs, stopped before anything is made ----------------
+@pytest.mark.parametrize("option,value", [("--steps", "0"), ("--steps", "-3"),
+                                          ("--checkpoint_freq", "0")])
+def test_train_refuses_steps_below_one(domainbed, tmp_path, capsys, option, value):
+    """DomainBed's train reads --steps 0 as "the dataset's default" (1,001 steps here)."""
+    from domainbed_surgery.scripts import train
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--dataset", "RotatedDigits", "--test_envs", "0", option, value,
+                    "--output_dir", str(out)])
+    assert exc.value.code == 2
+    assert f"{option} {value}: must be a positive number of steps" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (["--steps", "0"], "--steps 0: must be a positive number of steps"),
+    (["--algorithms", "ERM", "AgrSumm"], "'AgrSumm' is not an algorithm of DomainBed or ours. "
+                                         "Did you mean 'AgrSum'?"),
+    (["--algorithms", "PCGrad", "--hparams", '{"pcgrad_order": "indepndent"}'],
+     "hparam pcgrad_order must be one of"),
+    (["--algorithms", "AgrSum", "--hparams", '{"surgery_batches": "singel"}'],
+     "hparam surgery_batches must be one of"),
+    (["--algorithms", "ERM", "--hparams", '{"data_augmentation": "false"}'],
+     'data_augmentation="false" must be true or false'),
+    (["--algorithms", "ERM", "--hparams", '{"batch_size": "32"}'], 'batch_size="32" must be a number'),
+    (["--algorithms", "ERM", "--hparams", '{"backbone": "resnet81"}'],
+     "backbone 'resnet81' is none of ours"),
+])
+def test_sweep_refuses_what_would_make_failing_jobs(domainbed, tmp_path, capsys, extra, expected):
+    """A typo in an algorithm name or an hparam value, or --steps 0: the sweep stops before it
+    makes a single job folder (DomainBed's would submit every job, each failing when it starts)."""
+    from domainbed_surgery.scripts import sweep
+
+    out = tmp_path / "s"
+    args = ["launch", "--datasets", "RotatedDigits", "--n_hparams", "1", "--n_trials", "1",
+            "--data_dir", str(tmp_path), "--output_dir", str(out), "--command_launcher", "dummy",
+            "--skip_confirmation", *extra]
+    if "--algorithms" not in extra:
+        args += ["--algorithms", "ERM"]
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(args)
+    assert exc.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()

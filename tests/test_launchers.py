@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import domainbed_surgery
-from domainbed_surgery.launch import launchers
+from domainbed_surgery.launch import launchers, parallel
 from domainbed_surgery.plugin.registration import RegistrationConflict, add_launchers
 
 PY = shlex.quote(sys.executable)
@@ -47,7 +47,7 @@ def test_output_dir_parsing():
 
 
 def test_parallel_runs_concurrently_and_sets_threads(tmp_path, cpu_env, monkeypatch):
-    monkeypatch.setattr(launchers, "available_cores", lambda: 8)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 8)
     files = [tmp_path / f"r{i}.json" for i in range(4)]
     results = launchers.parallel_launcher([record(f, sleep=0.8) for f in files],
                                           progress=False)
@@ -64,7 +64,7 @@ def test_parallel_runs_concurrently_and_sets_threads(tmp_path, cpu_env, monkeypa
 
 
 def test_parallel_threads_and_gpu_slots(monkeypatch):
-    monkeypatch.setattr(launchers, "available_cores", lambda: 16)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 16)
     monkeypatch.setenv("DOMAINBED_PARALLEL_GPUS", "0,3")
     monkeypatch.setenv("DOMAINBED_PARALLEL_PER_GPU", "2")
     plan = launchers.ParallelPlan.from_env()
@@ -325,6 +325,9 @@ def test_slurm_without_slurm_is_an_error_not_a_local_run(tmp_path, monkeypatch):
     monkeypatch.setenv("DOMAINBED_SLURM_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.setenv("PATH", str(tmp_path / "empty_bin"))  # no sbatch, no srun
     cmds = [f"echo {i} > {tmp_path / f'marker{i}'}" for i in range(4)]
+    made = tmp_path / "job_folder"  # as DomainBed's sweep makes it before launching
+    made.mkdir()
+    cmds.append(f"true --output_dir {made}")
     with pytest.raises(SystemExit) as exc:
         launchers.slurm_launcher(cmds)
     message = str(exc.value.code)
@@ -332,6 +335,7 @@ def test_slurm_without_slurm_is_an_error_not_a_local_run(tmp_path, monkeypatch):
     assert "parallel" in message
     time.sleep(1.0)
     assert not list(tmp_path.glob("marker*"))  # nothing ran, nothing was submitted
+    assert not made.exists()  # so that DomainBed's sweep, run again, launches the job
 
 
 def test_slurm_cluster_is_slurm_when_sbatch_is_there(tmp_path, monkeypatch):
@@ -398,3 +402,66 @@ def test_progress_reaches_the_terminal_when_output_is_logged(tmp_path):
     logged = log_path.read_text()
     assert b"parallel (CPU, 2 at once" in terminal and b"3/3" in terminal
     assert "3 succeeded, 0 failed" in logged and "parallel (CPU" not in logged
+
+
+# -- our launchers run the train that continues where it stopped (issue 18.3) ----------------
+def test_domainbed_train_commands_run_as_the_resumable_train():
+    from domainbed_surgery.launch.process import resumable
+
+    cmd = "python -m domainbed.scripts.train --algorithm ERM --output_dir '/a b/c'"
+    assert resumable(cmd) == ("exec python -m domainbed_surgery.scripts.train --algorithm ERM "
+                              "--output_dir '/a b/c'")
+    for other in ("python -m domainbed.scripts.train --x 1; echo y",  # not one command
+                  "python -m domainbed.scripts.train_other --x 1", "sleep 1", "echo "
+                  "python -m domainbed.scripts.train"):
+        assert resumable(other) == other
+
+
+def _steps(folder: Path) -> list:
+    path = folder / "results.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] \
+        if path.exists() else []
+
+
+def test_parallel_sweep_stopped_mid_job_continues_on_relaunch(domainbed, subprocess_env, tmp_path):
+    """SIGTERM to a parallel sweep while its job trains (frozen after its first record): the
+    job saves its state and the sweep exits 143; the same command again continues the job
+    (`Also launching the 1 incomplete job(s)`): every record once, as an uninterrupted run."""
+    import signal
+
+    env = dict(subprocess_env, DOMAINBED_PARALLEL_GPUS="none", DOMAINBED_PARALLEL_JOBS="1",
+               DOMAINBED_PARALLEL_KILL_GRACE="60")
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "domainbed_surgery.scripts.sweep", "launch", "--datasets",
+            "RotatedDigits", "--algorithms", "ERM", "--n_hparams", "1", "--n_trials", "1",
+            "--single_test_envs", "--test_envs", "0", "--steps", "20", "--checkpoint_freq", "5",
+            "--hparams", '{"batch_size": 8}', "--data_dir", str(tmp_path), "--output_dir",
+            str(out), "--command_launcher", "parallel", "--skip_confirmation"]
+    sweep = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, pid = time.time() + 300, None
+        while pid is None and time.time() < deadline:
+            jobs = [d for d in out.iterdir() if d.is_dir()] if out.is_dir() else []
+            if jobs and _steps(jobs[0]):
+                pid = json.loads((jobs[0] / "train.lock").read_text())["pid"]
+            time.sleep(0.1)
+        assert pid, "the job wrote no record in 300 s"
+        os.kill(pid, signal.SIGSTOP)  # it cannot finish before the SIGTERM below
+        sweep.send_signal(signal.SIGTERM)
+        time.sleep(2)  # the launcher has signalled the job's group
+        os.kill(pid, signal.SIGCONT)
+        _, stderr = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    job = jobs[0]
+    assert not (job / "done").exists() and (job / "resume.pt").exists()
+    assert 1 <= len(_steps(job)) < 5
+    again = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Also launching the 1 incomplete job(s)" in again.stdout
+    assert "Resuming at step" in (job / "out.txt").read_text()
+    assert _steps(job) == [0, 5, 10, 15, 19]

@@ -8,8 +8,9 @@ and exits with its exit status. Linux's parent-death signal (``prctl(PR_SET_PDEA
 only reaches a *direct* child, not the shell's children (the training script, its data
 loader workers, anything run in the background), so it is set on the guard: when the
 launcher dies, however it dies (``SIGKILL`` included), the guard gets ``SIGTERM`` and
-ends its whole group: ``SIGTERM``, then ``SIGKILL`` after ``DOMAINBED_PARALLEL_KILL_GRACE``
-seconds (default 5). It does the same on ``SIGTERM``/``SIGINT``/``SIGHUP`` from anyone.
+ends its whole group: ``SIGTERM``, then ``SIGKILL`` after the kill grace
+(``DOMAINBED_PARALLEL_KILL_GRACE``, see :func:`.process.kill_grace`). It does the same
+on ``SIGTERM``/``SIGINT``/``SIGHUP`` from anyone, and outlives ``SIGUSR1``/``SIGUSR2``.
 Where ``prctl`` is missing (not Linux), a thread polls the parent id instead.
 """
 
@@ -24,9 +25,14 @@ import threading
 import time
 from typing import Optional, Sequence
 
+from .process import NOTICE_SIGNALS, STOP_SIGNALS, kill_grace
+
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-GRACE_ENV = "DOMAINBED_PARALLEL_KILL_GRACE"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _ignore(_signum, _frame) -> None:
+    """The guard outlives :data:`.process.NOTICE_SIGNALS` with a handler that does nothing
+    (unlike an ignored signal, a handler is reset in the command, which acts on them)."""
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> bool:
@@ -82,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("usage: python -m domainbed_surgery.launch.jobguard LAUNCHER_PID COMMAND", file=sys.stderr)
         return 2
     parent, command = int(args[0]), args[1]
-    grace = float(os.environ.get(GRACE_ENV, "5"))
+    grace = kill_grace()
     child: Optional[subprocess.Popen] = None
 
     def stop(signum, _frame) -> None:
@@ -91,6 +97,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, stop)
+    for sig in NOTICE_SIGNALS:  # a cluster's time-limit notice is the job's to act on
+        signal.signal(sig, _ignore)
     watched = die_with_parent(signal.SIGTERM)
     if os.getppid() != parent:  # the launcher died before the kernel was watching it
         return 128 + signal.SIGTERM

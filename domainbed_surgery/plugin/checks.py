@@ -1,10 +1,13 @@
 """Checks our entry points run before DomainBed's scripts, for what those take silently.
 
 DomainBed's ``train.py`` trains on every domain when a ``--test_envs`` index is out of
-range, ends in a bare ``StopIteration`` when every domain is a test env, and passes
-any ``--hparams`` key along whether or not anything reads it (a typo such as
-``surgery_batch`` for ``surgery_batches`` changes nothing, silently). Our entry points
-stop on the first two with a clear message and warn about the third.
+range, ends in a bare ``StopIteration`` when every domain is a test env, runs the
+dataset's default number of steps for ``--steps 0``, and passes any ``--hparams`` key
+along whether or not anything reads it (a typo such as ``surgery_batch`` for
+``surgery_batches`` changes nothing, silently). Its sweep makes a job per name in
+``--algorithms`` and per hparam value, known or not, and each fails when it starts. Our
+entry points stop on all of these with a clear message, but unknown hparam keys, about
+which they warn.
 """
 
 from __future__ import annotations
@@ -47,6 +50,16 @@ def check_test_envs(dataset: str, test_envs: Sequence[int]) -> None:
              "no training domain is left. Leave at least one out of --test_envs.")
 
 
+def check_positive(option: str, value: Optional[int]) -> None:
+    """:func:`fail` on a ``--steps``/``--checkpoint_freq`` below 1: DomainBed reads 0 as
+    "the dataset's default" (``args.steps or dataset.N_STEPS``) and a negative frequency
+    as a record at every step."""
+    if value is not None and value < 1:
+        fail(f"{option} {value}: must be a positive number of steps (DomainBed would "
+             f"silently {'use the dataset default' if value == 0 else 'misbehave'}); leave "
+             f"{option} out for the dataset's default.")
+
+
 def parse_hparams(text: Optional[str]) -> dict:
     """The ``--hparams`` JSON object (empty if not given), or :func:`fail` saying why not."""
     if text is None:
@@ -79,3 +92,68 @@ def warn_unknown_hparams(hparams: dict, pairs: Iterable[tuple[str, str]]) -> lis
               f"{'/'.join(algorithms)} on {'/'.join(datasets)} (DomainBed's registry and "
               f"ours), so most likely nothing reads it.{hint}", file=sys.stderr)
     return unknown
+
+
+def check_algorithms(names: Iterable[str]) -> None:
+    """:func:`fail` on an ``--algorithms`` name DomainBed does not know (ours included)."""
+    from domainbed import algorithms  # noqa: PLC0415
+
+    known = [n for n in vars(algorithms) if isinstance(getattr(algorithms, n), type)
+             and issubclass(getattr(algorithms, n), algorithms.Algorithm)]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, algorithms.ALGORITHMS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            fail(f"--algorithms: {name!r} is not an algorithm of DomainBed or ours.{hint} "
+                 f"Known: {' '.join(algorithms.ALGORITHMS)}")
+
+
+def _type_problem(default, value) -> Optional[str]:
+    """Why ``value`` cannot stand for an hparam whose default is ``default`` (None if it can)."""
+    if default is None or isinstance(default, (list, tuple, dict)):
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false (a JSON boolean)"
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+            return "must be a whole number"
+        return None
+    if isinstance(default, str) and not isinstance(value, str):
+        return "must be a string"
+    return None
+
+
+def check_hparam_values(hparams: dict, pairs: Iterable[tuple[str, str]]) -> None:
+    """:func:`fail` on a ``--hparams`` value that some swept ``(algorithm, dataset)`` cannot
+    take, before any job is made: a value of the wrong kind for the hparam's default (the
+    string "false" for a boolean), a backbone we do not have, or a surgery switch or rule
+    parameter outside its declared choices."""
+    from domainbed import algorithms, hparams_registry  # noqa: PLC0415
+
+    from ..extras.backbones import BACKBONES  # noqa: PLC0415
+    from ..surgery.algorithm import GradientSurgery  # noqa: PLC0415
+    from ..surgery.hparams import check_switches, rule_from_hparams  # noqa: PLC0415
+
+    for algorithm, dataset in pairs:
+        defaults = hparams_registry.default_hparams(algorithm, dataset)
+        for key, value in hparams.items():
+            if key not in defaults:
+                continue  # warn_unknown_hparams says so
+            problem = _type_problem(defaults[key], value)
+            if problem:
+                fail(f"--hparams: {key}={json.dumps(value)} {problem} (its default is "
+                     f"{json.dumps(defaults[key])}, for {algorithm} on {dataset}).")
+            if key == "backbone" and value is not None and value not in BACKBONES:
+                close = difflib.get_close_matches(str(value), sorted(BACKBONES), n=1)
+                fail(f"--hparams: backbone {value!r} is none of ours ({', '.join(sorted(BACKBONES))})"
+                     + (f"; did you mean {close[0]!r}?" if close else "."))
+        cls = getattr(algorithms, algorithm, None)
+        if isinstance(cls, type) and issubclass(cls, GradientSurgery):
+            merged = {**defaults, **hparams}
+            try:
+                rule_from_hparams(cls.rule_class, merged)
+                check_switches(merged, cls.rule_class.native_scale)
+            except (ValueError, ImportError) as exc:
+                fail(f"--hparams for {algorithm}: {exc}")

@@ -13,8 +13,17 @@ Adds ``--test_envs E [E ...]``: only the jobs whose held-out environments are al
 ``E`` (with ``--single_test_envs``: leave-one-domain-out on those targets only), for
 sweeps sized to a machine.
 
-It also stops on ``--hparams`` that is not a JSON object and warns about keys that no
-swept algorithm defines on the swept datasets (see :mod:`..plugin.checks`).
+Before any job folder is made it stops on an unknown algorithm or dataset, on
+``--steps`` below 1, on ``--hparams`` that is not a JSON object or holds a value a swept
+algorithm cannot take, and (``--command_launcher slurm``) on a request the cluster can
+never satisfy; it warns about hparam keys that no swept algorithm defines on the swept
+datasets (see :mod:`..plugin.checks`).
+
+A job folder whose job is alive (its training process holds the folder's lock, or its
+Slurm task is still queued or running) is never deleted by ``delete_incomplete`` nor
+launched again; with our launchers (``parallel``, ``slurm``) ``launch`` also relaunches
+the incomplete jobs, which continue from their last resume state
+(:func:`..plugin.sweeps.guarded_job_class`).
 """
 
 from __future__ import annotations
@@ -23,9 +32,14 @@ import argparse
 import sys
 from types import ModuleType
 
-from ..plugin.sweeps import check_hparams, check_test_envs, warn_other_frequencies, with_train_args
-from ..plugin.forward import forward, forward_prepared
+from ..plugin.checks import check_positive
+from ..plugin.forward import forward_prepared
 from ..plugin.registration import register
+from ..plugin.sweeps import (check_sweep, check_test_envs, guarded_job_class, sweep_arguments,
+                             warn_other_frequencies, with_train_args)
+
+#: Our launchers: they run the train that continues where it stopped.
+RESUMING_LAUNCHERS = ("parallel", "slurm")
 
 
 def main(argv=None):
@@ -36,24 +50,27 @@ def main(argv=None):
     ours, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if ours.output_dir is not None:
         rest += ["--output_dir", ours.output_dir]
-    if ours.checkpoint_freq is not None and ours.checkpoint_freq < 1:
-        raise SystemExit(f"--checkpoint_freq {ours.checkpoint_freq}: must be a positive "
-                         "number of steps")
+    check_positive("--checkpoint_freq", ours.checkpoint_freq)
     register()
+    swept = sweep_arguments(rest)
     if not {"-h", "--help"} & set(rest):
-        check_hparams(rest)
+        check_sweep(rest)
         if ours.test_envs is not None:
             check_test_envs(ours.test_envs, rest)
+        if swept.command == "launch" and swept.command_launcher == "slurm":
+            from ..launch.slurm import check_setup  # noqa: PLC0415
+
+            check_setup()
     if ours.output_dir is not None:
         warn_other_frequencies(ours.output_dir, ours.checkpoint_freq)
-    if ours.checkpoint_freq is None and ours.test_envs is None:
-        forward("domainbed.scripts.sweep", rest)
-        return
     test_envs = None if ours.test_envs is None else frozenset(ours.test_envs)
 
     def prepare(script: ModuleType) -> None:
-        script.make_args_list = with_train_args(script.make_args_list, ours.checkpoint_freq,
-                                                test_envs)
+        if ours.checkpoint_freq is not None or test_envs is not None:
+            script.make_args_list = with_train_args(script.make_args_list, ours.checkpoint_freq,
+                                                    test_envs)
+        script.Job = guarded_job_class(script.Job,
+                                       resume_incomplete=swept.command_launcher in RESUMING_LAUNCHERS)
 
     forward_prepared("domainbed.scripts.sweep", rest, prepare)
 
