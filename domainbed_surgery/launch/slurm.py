@@ -1,20 +1,6 @@
 """The ``slurm`` launcher: submit DomainBed's commands as Slurm job arrays with submitit.
 
-Options are environment variables (DomainBed's sweep CLI has no place for them):
-``DOMAINBED_SLURM_PARTITION`` (default: the cluster's default partition),
-``DOMAINBED_SLURM_TIME`` (minutes, default 1440), ``DOMAINBED_SLURM_GPUS``
-(per job, default 1), ``DOMAINBED_SLURM_CPUS`` (per job, default 4),
-``DOMAINBED_SLURM_MEM_GB`` (default 32), ``DOMAINBED_SLURM_ARRAY_PARALLELISM``
-(tasks of one array running at once, default 256), ``DOMAINBED_SLURM_LOG_DIR``
-(submitit's folder, default ``./submitit_logs``), ``DOMAINBED_SLURM_CLUSTER``
-(submitit's ``cluster``: unset = Slurm, an error if there is no ``sbatch``;
-``local`` = run the jobs here as subprocesses, at most
-``DOMAINBED_SLURM_ARRAY_PARALLELISM`` at once, the launcher staying until they end;
-``debug`` = one after the other in this process; used by the tests),
-``DOMAINBED_SLURM_WAIT`` (``1``: stay until every job has ended and list the failures;
-default ``1`` for ``local``/``debug``, ``0`` for Slurm, where the launcher returns
-after submission and prints the job ids), ``DOMAINBED_SLURM_POLL`` (seconds between
-two looks at the queue while waiting, default 10).
+Its options are environment variables, listed in :mod:`.slurm_request`.
 
 On Slurm:
 

@@ -8,16 +8,12 @@ property tests) is derived from here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .interface import Rule
-
-#: Rule name -> rule class, in registration order.
-REGISTRY: dict[str, type["Rule"]] = {}
+#: Rule name -> rule class (a :class:`~.interface.Rule` subclass), in registration order.
+#: Typed as plain ``type``: the interface imports this module, not the other way round.
+REGISTRY: dict[str, type] = {}
 
 
-def add(cls: type["Rule"]) -> None:
+def add(cls: type) -> None:
     """Register ``cls`` under its name; a second class under one name is an error."""
     if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
         raise ValueError(f"two rules named {cls.name!r}: {REGISTRY[cls.name]} and {cls}")
@@ -31,7 +27,7 @@ def names(available_only: bool = True) -> list[str]:
     return [cls.name for cls in ordered if cls.available() or not available_only]
 
 
-def get(name: str) -> type["Rule"]:
+def get(name: str) -> type:
     """The rule class registered as ``name``."""
     try:
         return REGISTRY[name]
