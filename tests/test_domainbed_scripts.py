@@ -37,8 +37,11 @@ def test_domainbed_train_writes_our_diagnostics(domainbed, subprocess_env, tmp_p
     recs = records(out)
     assert [r["step"] for r in recs] == [0, 2]
     for r in recs:
-        assert 0 <= r["agreement"] <= 1 and -1 <= r["cosine"] <= 1 and r["loss"] > 0
+        assert r["loss"] > 0 and r["diagnostics_every"] == 10  # the default, k = 10
         assert r["args"]["algorithm"] == algorithm and r["hparams"]["backbone"] == "mnist_cnn"
+    # step 0 is a diagnostic step; the record of steps 1-2 has none to average
+    assert 0 <= recs[0]["agreement"] <= 1 and -1 <= recs[0]["cosine"] <= 1
+    assert "agreement" not in recs[1] and "cosine" not in recs[1]
     assert (out / "done").exists()
     # the featurizer names its weights in the log DomainBed tees stdout into
     assert "backbone mnist_cnn: random init (no pretrained weights exist for it)" in \

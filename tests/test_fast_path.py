@@ -232,7 +232,7 @@ def test_update_equals_plain_gradients_plus_rule_plus_adam(name):
     """
     shape = MLP_SHAPE
     seed = 7
-    fast = make(name, shape, seed=seed, **MLP)
+    fast = make(name, shape, seed=seed, surgery_diagnostics_every=1, **MLP)  # logged each step
     plain = copy.deepcopy(fast)
     rule = rules.get(name)()
     gen = torch.Generator().manual_seed(seed)
