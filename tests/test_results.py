@@ -20,6 +20,8 @@ from domainbed_surgery.report import summary
 RESULTS = REPO / "docs" / "results" / "pacs64"
 #: Experiment folder -> the baseline its report tested against (None: no test).
 TABLES = {"table1": "ERM", "control": None}
+#: The pretrained regime's tables (docs/results/pacs-pretrained), likewise.
+PRETRAINED_TABLES = {"table1": "ERM"}
 
 
 def table_lines(markdown: str) -> list[str]:
@@ -31,9 +33,11 @@ def committed(folder: Path) -> list[Path]:
     return sorted(folder.glob("*_iid.md")) if folder.is_dir() else []
 
 
-@pytest.mark.parametrize("name", sorted(TABLES))
-def test_committed_tables_match_their_per_trial_csv(name):
-    folder = RESULTS / name
+@pytest.mark.parametrize("regime, name", [("pacs64", n) for n in sorted(TABLES)]
+                         + [("pacs-pretrained", n) for n in sorted(PRETRAINED_TABLES)])
+def test_committed_tables_match_their_per_trial_csv(regime, name):
+    folder = REPO / "docs" / "results" / regime / name
+    baseline = {**TABLES, **PRETRAINED_TABLES}[name]
     if not committed(folder):
         pytest.skip(f"no committed results in {folder}")
     per_trial = pd.read_csv(folder / "per_trial_iid.csv", dtype={"target": str})
@@ -43,7 +47,7 @@ def test_committed_tables_match_their_per_trial_csv(name):
         algorithms = [c.strip() for c in lines[0].strip("|").split("|")][1:]
         targets = [row.strip("|").split("|")[0].strip() for row in lines[2:-1]]
         table = summary.summarize(per_trial, dataset, per_trial["selection"].iloc[0],
-                              baseline=TABLES[name], algorithms=algorithms, targets=targets)
+                              baseline=baseline, algorithms=algorithms, targets=targets)
         assert table_lines(fmt.to_markdown(table)) == lines, md
 
 
@@ -175,6 +179,49 @@ def pretrained_claims() -> list[tuple[str, str]]:
                      f"{100 * pilot.loc[800, 'target_in_acc']:.1f}%"),
         ]
         assert all(gain(s, s + 100) < 1.0 for s in range(300, 800, 100) if s + 100 in pilot.index)
+    table1 = PRETRAINED / "table1"
+    if (table1 / "per_trial_iid.csv").is_file():
+        per_trial = pd.read_csv(table1 / "per_trial_iid.csv", dtype={"target": str})
+        means = per_trial.groupby(["algorithm", "target"])["acc"].mean()
+        curves = pd.read_csv(table1 / "agreement_curves.csv").groupby("step")[
+            ["agreement", "cosine"]].mean()
+        wide = per_trial.pivot_table(index=["target", "trial_seed"], columns="algorithm",
+                                     values="acc")
+        below = {a: (wide[a] - wide["ERM"]).dropna() for a in ("AgrSum", "PCGrad", "AgrRand")}
+        first, last = curves.index.min(), curves.index.max()
+        readme = "docs/results/pacs-pretrained/table1/README.md"
+        claims += [
+            (readme, f"**Interim: {per_trial.shape[0]} of the 96 runs**"),
+            (readme, f"The mean of ERM's four target means is {means['ERM'].mean():.1f}% (photo "
+                     f"{means['ERM', 'P']:.1f}%, sketch {means['ERM', 'S']:.1f}%)"),
+            (readme, f"the sign agreement falls from {curves.loc[first, 'agreement']:.3f} at step "
+                     f"{first} to {curves.loc[last, 'agreement']:.3f} at step {last}, and the mean "
+                     f"pairwise cosine from {curves.loc[first, 'cosine']:.3f} to "
+                     f"{curves.loc[last, 'cosine']:.3f}"),
+            (readme, "ERM is below zero in {} of {} pairs, PCGrad in {} of {}, AgrRand in {} of {}"
+                     .format(*[n for a in ("AgrSum", "PCGrad", "AgrRand")
+                               for n in ((below[a] < 0).sum(), len(below[a]))])),
+        ]
+        assert means["ERM"].mean() >= 60  # the bar for a pretrained regime
+        by_target = pd.concat(below.values())
+        photo_sketch = by_target[by_target.index.get_level_values(0).isin(["P", "S"])]
+        art_cartoon = by_target[by_target.index.get_level_values(0).isin(["A", "C"])]
+        claims += [
+            (readme, f"On photo and sketch every pair is below zero (from {photo_sketch.min():.1f} "
+                     f"to {photo_sketch.max():.1f} points); on art and cartoon the pairs lie "
+                     f"between {art_cartoon.min():.1f} and {art_cartoon.max():+.1f}"),
+        ]
+        assert (photo_sketch < 0).all()
+        claims += [
+            ("README.md", f"ERM is in a pretrained regime: {means['ERM'].mean():.1f}% on average "
+                          f"over the four targets (photo {means['ERM', 'P']:.1f}%)"),
+            ("README.md", f"(sign agreement {curves.loc[first, 'agreement']:.2f}, cosine "
+                          f"{curves.loc[first, 'cosine']:.2f} at step 0)"),
+            ("README.md", f"and a cosine of {curves.loc[last, 'cosine']:.2f} by step 300"),
+            ("README.md", f"on art and cartoon they lie between {art_cartoon.min():.1f} and "
+                          f"{art_cartoon.max():+.1f} points"),
+            ("README.md", f"**interim: {per_trial.shape[0]} of 96 runs**"),
+        ]
     return claims
 
 
