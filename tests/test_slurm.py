@@ -247,8 +247,11 @@ def test_requeue_and_time_limit_signal_continue_the_job_without_duplicates(slurm
         os.kill(pid, signal.SIGSTOP)
         task = slurm_task(job)
         subprocess.run(["scontrol", "requeue", task], check=True, timeout=60)
-        second = wait_for(lambda: (p := training_pid(job)) not in (None, pid) and p, 300,
-                          "the requeued job to continue")
+        # the requeued process, once it has resumed (a signal before that would find it
+        # still starting, with nothing to save yet)
+        second = wait_for(lambda: (p := training_pid(job)) not in (None, pid)
+                          and (job / "out.txt").read_text().count("Resuming at step") == 1 and p,
+                          300, "the requeued job to continue")
         os.kill(second, signal.SIGSTOP)
         subprocess.run(["scancel", "--signal=USR2", task], check=True, timeout=60)
         os.kill(second, signal.SIGCONT)
