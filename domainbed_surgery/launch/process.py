@@ -47,29 +47,26 @@ def env(name: str, default: Optional[str] = None) -> Optional[str]:
 
 def env_int(name: str, default: int, minimum: int = 0) -> int:
     """An integer setting; ``ValueError`` naming the variable if it is not one or too small."""
-    raw = env(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be >= {minimum}")
-    return value
+    return _env_number(name, default, int, "an integer", minimum)
 
 
 def kill_grace() -> float:
     """``DOMAINBED_PARALLEL_KILL_GRACE`` seconds (default 5)."""
-    raw = env(KILL_GRACE_ENV)
+    return _env_number(KILL_GRACE_ENV, DEFAULT_KILL_GRACE, float, "a number of seconds", 0)
+
+
+def _env_number(name: str, default, kind, what: str, minimum):
+    """Setting ``name`` read as ``kind``: ``default`` if unset or empty, else a number of at
+    least ``minimum``; ``ValueError`` naming the variable otherwise."""
+    raw = env(name)
     if raw is None or raw == "":
-        return DEFAULT_KILL_GRACE
+        return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise ValueError(f"{KILL_GRACE_ENV}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ValueError(f"{KILL_GRACE_ENV}={value} must be >= 0")
+        raise ValueError(f"{name}={raw!r} is not {what}") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
     return value
 
 
