@@ -109,6 +109,19 @@ def training_pid(job: Path):
         return None
 
 
+def start_sweep(env, out: Path, tmp_path: Path) -> subprocess.Popen:
+    """The one-job sweep of :func:`sweep_args`, launched in the background."""
+    return subprocess.Popen([sys.executable, "-m", *sweep_args("launch", out, tmp_path)],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def first_record(out: Path) -> tuple[Path, int]:
+    """The sweep's job folder and its training pid, once the job has written a record."""
+    job = wait_for(lambda: out.is_dir() and next(out.iterdir(), None), 120, "the job folder")
+    return job, wait_for(lambda: training_pid(job), 300, "the job's first record")
+
+
 def slurm_task(job: Path) -> str:
     return (job / "slurm_job").read_text().strip()
 
@@ -141,12 +154,9 @@ def test_sigterm_to_the_waiting_launcher_cancels_its_jobs_and_relaunch_continues
     each once."""
     env = dict(slurm_env, DOMAINBED_SLURM_WAIT="1")
     out = tmp_path / "sweep"
-    sweep = subprocess.Popen([sys.executable, "-m", *sweep_args("launch", out, tmp_path)],
-                             env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    sweep = start_sweep(env, out, tmp_path)
     try:
-        job = wait_for(lambda: out.is_dir() and next(out.iterdir(), None), 120, "the job folder")
-        pid = wait_for(lambda: training_pid(job), 300, "the job's first record")
+        job, pid = first_record(out)
         os.kill(pid, signal.SIGSTOP)  # it cannot finish before the SIGTERM below
         task = slurm_task(job)
         assert listed(task)
@@ -238,12 +248,9 @@ def test_requeue_and_time_limit_signal_continue_the_job_without_duplicates(slurm
     the waiting launcher reports success, and the records are DomainBed's, each once."""
     env = dict(slurm_env, DOMAINBED_SLURM_WAIT="1")
     out = tmp_path / "sweep"
-    sweep = subprocess.Popen([sys.executable, "-m", *sweep_args("launch", out, tmp_path)],
-                             env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    sweep = start_sweep(env, out, tmp_path)
     try:
-        job = wait_for(lambda: out.is_dir() and next(out.iterdir(), None), 120, "the job folder")
-        pid = wait_for(lambda: training_pid(job), 300, "the job's first record")
+        job, pid = first_record(out)
         os.kill(pid, signal.SIGSTOP)
         task = slurm_task(job)
         subprocess.run(["scontrol", "requeue", task], check=True, timeout=60)
