@@ -331,3 +331,25 @@ def test_paper_scheme_step_equals_agrsum_step():
         paper.update(batches)
     for a, b in zip(ours.network.parameters(), paper.network.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_chunk_study_times_every_case_and_writes_csv(tmp_path, capsys):
+    """``--chunk_study``: one row per (P, rule, chunk, diagnostics); whole rows are the
+    reference (ratio 1); the chunk counts are P / chunk rounded up."""
+    rows, _ = benchmark.main(["--chunk_study", "--params", "1000", "--chunks", "64", "0",
+                              "--steps", "2", "--warmup", "0", "--device", "cpu",
+                              "--output_dir", str(tmp_path)])
+    assert {(r["rule"], r["chunk"], r["diagnostics"]) for r in rows} == {
+        (rule, c, d) for rule in ("AgrSum", "AgrRand") for c in (64, "whole") for d in (False, True)}
+    assert all(r["chunks"] == (16 if r["chunk"] == 64 else 1) for r in rows)
+    assert all(r["ratio_to_whole"] == 1.0 for r in rows if r["chunk"] == "whole")
+    with open(tmp_path / "chunks.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows) == 8
+    assert "ratio_to_whole" in capsys.readouterr().out
+
+
+def test_chunk_study_rejects_bad_sizes():
+    with pytest.raises(SystemExit):
+        benchmark.main(["--chunk_study", "--chunks", "-1"])
+    with pytest.raises(SystemExit):
+        benchmark.main(["--chunk_study", "--params", "0"])

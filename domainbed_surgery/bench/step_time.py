@@ -77,7 +77,8 @@ from .settings import ALIASES, CPU_SETTINGS, GPU_SETTINGS, SETTINGS, Setting, ma
 
 __all__ = ["SETTINGS", "ALIASES", "CPU_SETTINGS", "GPU_SETTINGS", "DEFAULT_ALGORITHMS", "PAPER",
            "FLOOR", "SURGERY_ALGORITHMS", "PARTS", "RESULT_COLUMNS", "PART_COLUMNS", "Setting",
-           "make_minibatches", "resolve_settings", "build", "run_setting", "run"]
+           "make_minibatches", "resolve_settings", "build", "run_setting", "run", "format_table",
+           "write_csv"]
 
 MIB = 2 ** 20
 #: The reference rows (:mod:`.references`, built on DomainBed's ERM).
@@ -298,15 +299,20 @@ PART_TABLE = [("algorithm", "algorithm"), ("part", "part"), ("median_ms", "media
               ("p25_ms", "p25"), ("p75_ms", "p75"), ("share", "share of update")]
 
 
+def write_csv(path: Path, columns, rows: list[dict]) -> None:
+    """``rows`` as CSV with ``columns`` (parent folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_outputs(output_dir: Path, env: dict, args: dict, rows, part_rows) -> None:
     """``benchmark.csv``, ``benchmark_parts.csv`` and ``benchmark.json`` in ``output_dir``."""
-    output_dir.mkdir(parents=True, exist_ok=True)
     for name, columns, data in (("benchmark.csv", RESULT_COLUMNS, rows),
                                 ("benchmark_parts.csv", PART_COLUMNS, part_rows)):
-        with open(output_dir / name, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(data)
+        write_csv(output_dir / name, columns, data)
     with open(output_dir / "benchmark.json", "w") as f:
         json.dump({"environment": env, "args": args, "results": rows, "parts": part_rows},
                   f, indent=2)

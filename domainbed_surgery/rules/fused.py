@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .interface import ElementwiseRule, GramianRule, Rule
-from .kernels import (CHUNK, check_finite_rows, check_grads, column_chunks, conflicts_into,
+from .kernels import (check_finite_rows, check_grads, column_chunks, conflicts_into, default_chunk,
                       gram_from_dots, norms_from_dots, scratch_buffers, upper_dots,
                       widened_if_overflowed)
 
@@ -35,15 +35,16 @@ class OnePass:
 
 
 def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optional[Tensor] = None,
-             chunk: int = CHUNK, segments: Optional[Sequence[int]] = None,
+             chunk: Optional[int] = None, segments: Optional[Sequence[int]] = None,
              diagnostics: bool = True, gram: Optional[bool] = None) -> OnePass:
     """In one pass over ``[N, P]``: the squared norms of the domain gradients, an
     elementwise ``rule``'s result (into ``out``) and, with ``diagnostics``, the Gram
     matrix and the agreement count.
 
-    The gradients are read chunk by chunk (:data:`CHUNK` columns), and every quantity is
-    computed from a chunk while it is in cache: the memory-bound work of a step reads the
-    ``[N, P]`` matrix once instead of once per quantity. A rule that is not elementwise
+    The gradients are read chunk by chunk (``chunk`` columns; by default
+    :func:`~.kernels.default_chunk`: cache-sized on the CPU, whole rows on a GPU), and every
+    quantity is computed from a chunk while it is in cache: the memory-bound work of a step
+    reads the ``[N, P]`` matrix once instead of once per quantity. A rule that is not elementwise
     runs afterwards (e.g. ``weights @ grads``). ``segments`` (sizes of consecutive column
     ranges, e.g. parameter tensors) also counts the agreeing components of each range.
     Without ``diagnostics`` neither the count nor, unless ``gram`` asks for it, the
@@ -51,6 +52,9 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
     """
     check_grads(grads)
     n, p = grads.shape
+    chunk = default_chunk(grads) if chunk is None else chunk
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 column, got {chunk}")
     gram = diagnostics if gram is None else gram
     if rule is not None and out is None:
         out = grads.new_empty(p)
@@ -121,7 +125,8 @@ def _segment_counts(conflicts: Tensor, start: int, bounds: list[int]) -> list[tu
 
 def combine_in_one_pass(rule: Rule, grads: Tensor, generator: Optional[torch.Generator] = None,
                         out: Optional[Tensor] = None, segments: Optional[Sequence[int]] = None,
-                        diagnostics: bool = True) -> tuple[Tensor, OnePass]:
+                        diagnostics: bool = True,
+                        chunk: Optional[int] = None) -> tuple[Tensor, OnePass]:
     """``rule``'s update of ``grads`` the fast way, and the :class:`OnePass` it came with.
 
     An elementwise rule is applied inside :func:`one_pass`, then
@@ -136,7 +141,8 @@ def combine_in_one_pass(rule: Rule, grads: Tensor, generator: Optional[torch.Gen
     if fused:
         out = grads.new_empty(grads.shape[1]) if out is None else out
     passed = one_pass(grads, rule if fused else None, out=out, segments=segments,
-                      diagnostics=diagnostics, gram=diagnostics or isinstance(rule, GramianRule))
+                      diagnostics=diagnostics, gram=diagnostics or isinstance(rule, GramianRule),
+                      chunk=chunk)
     check_finite_rows(passed.sq_norms, grads)
     if fused:
         return rule.finish(out, passed.partial, generator), passed

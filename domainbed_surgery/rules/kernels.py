@@ -8,12 +8,13 @@ P parameters]``; nothing here knows about rules, models or DomainBed.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["CHUNK", "check_grads", "column_chunks", "agreement_mask", "gram_matrix",
+__all__ = ["CHUNK", "DEVICE_CHUNK", "default_chunk", "check_grads", "column_chunks",
+           "agreement_mask", "gram_matrix",
            "check_finite_rows", "pairwise_cosine"]
 
 
@@ -33,6 +34,17 @@ def check_grads(grads: Tensor) -> None:
 #: Columns per chunk of the one-pass functions: 3 domain rows of 2^19 float32 (6 MB) stay
 #: in cache while every quantity of the step is computed from them.
 CHUNK = 1 << 19
+#: Columns per chunk on other devices (CUDA): None, whole rows. A GPU has no cache that a
+#: chunk could stay in, and each chunk costs ~10 kernel launches.
+DEVICE_CHUNK: Optional[int] = None
+
+
+def default_chunk(like: Tensor) -> int:
+    """Columns per chunk for gradients like ``like`` ([N, P]): :data:`CHUNK` on the CPU,
+    :data:`DEVICE_CHUNK` (whole rows when None) on any other device."""
+    if like.device.type == "cpu":
+        return CHUNK
+    return DEVICE_CHUNK or max(1, like.shape[-1])
 
 
 def column_chunks(n_columns: int, chunk: int = CHUNK) -> list[slice]:

@@ -2,6 +2,8 @@
 
     python -m domainbed_surgery.scripts.benchmark [--settings mnist-28 resnet18-64]
         [--algorithms ...] [--steps 10] [--warmup 2] [--threads N] [--output_dir DIR]
+    python -m domainbed_surgery.scripts.benchmark --chunk_study [--chunks 524288 0]
+        [--params 11200000] [--output_dir DIR]
 
 What is measured and how: :mod:`domainbed_surgery.bench.step_time`.
 """
@@ -9,11 +11,14 @@ What is measured and how: :mod:`domainbed_surgery.bench.step_time`.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
+from ..bench.chunks import CHUNK_COLUMNS, chunk_study
 from ..bench.step_time import (ALIASES, CPU_SETTINGS, DEFAULT_ALGORITHMS, GPU_SETTINGS,
-                               SETTINGS, run)
+                               SETTINGS, build, format_table, resolve_settings, run,
+                               write_csv)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,9 +37,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default=None, help="write CSV and JSON here")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk_study", action="store_true",
+                        help="instead: time the one pass over [N, P] per chunk size "
+                             "(domainbed_surgery.bench.chunks)")
+    parser.add_argument("--chunks", nargs="+", type=int, default=[1 << 19, 1 << 22, 0],
+                        help="chunk sizes in columns for --chunk_study; 0 = whole rows")
+    parser.add_argument("--params", nargs="+", type=int, default=None,
+                        help="P values for --chunk_study (default: the parameter counts of "
+                             "the settings' networks)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    if any(c < 0 for c in args.chunks) or any(p < 1 for p in args.params or ()):
+        parser.error("--chunks must be >= 0 (0: whole rows) and --params >= 1")
     return args
 
 
@@ -45,11 +60,28 @@ def main(argv=None) -> tuple[list[dict], list[dict]]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
+        if args.chunk_study:
+            return run_chunk_study(args), []
         return run(args)
     finally:  # main() may be called in-process (tests): leave torch as it was
         torch.set_num_threads(threads_before)
 
 
+def run_chunk_study(args: argparse.Namespace) -> list[dict]:
+    """``--chunk_study``: print the table, write ``chunks.csv`` if ``--output_dir``."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    params = args.params
+    if params is None:  # the settings' networks' parameter counts
+        names = args.settings or (GPU_SETTINGS if device.type == "cuda" else CPU_SETTINGS)
+        params = [sum(p.numel() for p in build("ERM", s, torch.device("cpu")).parameters())
+                  for s in resolve_settings(names)]
+    rows = chunk_study(params, [c or None for c in args.chunks], device,
+                       steps=args.steps, warmup=args.warmup, seed=args.seed)
+    print(format_table(rows, [(c, c) for c in CHUNK_COLUMNS]))
+    if args.output_dir:
+        write_csv(Path(args.output_dir) / "chunks.csv", CHUNK_COLUMNS, rows)
+        print(f"wrote {args.output_dir}/chunks.csv")
+    return rows
 
 
 if __name__ == "__main__":

@@ -142,3 +142,29 @@ def test_float32_overflow_of_the_norms_alone_is_recomputed_in_float64():
     passed = rules.one_pass(g, chunk=4, diagnostics=False)
     assert passed.gram is None and torch.isfinite(passed.sq_norms).all()
     assert passed.sq_norms[0].item() == pytest.approx(1e61)
+
+
+def test_default_chunk_is_cache_sized_on_cpu_and_whole_rows_elsewhere():
+    """The measured policy (docs/results/gpu): 2^19 columns on the CPU; on a GPU whole rows
+    (launch-bound there), unless DEVICE_CHUNK says otherwise."""
+    from domainbed_surgery.rules import kernels
+
+    assert kernels.default_chunk(torch.zeros(3, 10)) == kernels.CHUNK == 1 << 19
+    meta = torch.zeros(3, 5_000_000, device="meta")  # any non-CPU device
+    assert kernels.default_chunk(meta) == 5_000_000
+    assert kernels.default_chunk(torch.zeros(3, 0, device="meta")) == 1
+
+
+@pytest.mark.parametrize("chunk", [None, 7, 300_000])
+def test_combine_in_one_pass_takes_a_chunk_and_gives_the_same_agrsum(chunk):
+    g = grads_with_zeros(p=300_000)
+    ref = rules.get("AgrSum")()(g)
+    combined, passed = rules.combine_in_one_pass(rules.get("AgrSum")(), g, chunk=chunk)
+    assert torch.equal(combined, ref)
+    assert int(passed.n_agree) == int(rules.agreement_mask(g).sum())
+
+
+@pytest.mark.parametrize("chunk", [0, -5])
+def test_one_pass_rejects_a_chunk_below_one_column(chunk):
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        rules.one_pass(torch.ones(2, 10), chunk=chunk)
