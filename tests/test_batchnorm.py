@@ -114,3 +114,36 @@ def test_eval_mode_frozen_and_batchnorm_free_models_are_untouched():
     assert not PooledBatchNormStats(mlp).active
     twin = copy.deepcopy(mlp)
     assert all(torch.equal(a, twin(x)) for a, x in zip(run(mlp, xs), xs))
+
+
+def test_a_batchnorm_no_pass_used_is_left_alone():
+    """A module outside the passes' path (an unused branch) keeps its statistics and count."""
+    model, xs = net(), batches()
+    unused = nn.BatchNorm2d(4).train()
+    unused.running_mean.fill_(0.25)
+    model.add_module("unused", unused)  # in modules(), never called by the passes below
+    before = {k: v.clone() for k, v in unused.state_dict().items()}
+    with PooledBatchNormStats(model) as bn:
+        for x in xs:
+            model[:4](x)
+    bn.commit()
+    for k, v in unused.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert model[0].num_batches_tracked.item() == 1
+
+
+def test_commit_without_passes_and_twice_changes_nothing():
+    model, xs = net(), batches()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with PooledBatchNormStats(model) as bn:
+        pass
+    bn.commit()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with PooledBatchNormStats(model) as bn:
+        model(xs[0])
+    bn.commit()
+    after_one = {k: v.clone() for k, v in model.state_dict().items()}
+    bn.commit()  # a second commit of the same passes is not a second update
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, after_one[k]), k
