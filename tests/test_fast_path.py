@@ -38,6 +38,7 @@ from domainbed import hparams_registry  # noqa: E402
 
 from domainbed_surgery import rules  # noqa: E402
 from domainbed_surgery.bench import step_time  # noqa: E402
+from domainbed_surgery.surgery import algorithm as algorithm_module  # noqa: E402
 from domainbed_surgery.scripts import benchmark  # noqa: E402
 
 pytestmark = pytest.mark.domainbed
@@ -99,7 +100,16 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 # --------------------------------------------------------------------------------------
 # domain_gradients
 # --------------------------------------------------------------------------------------
-def test_batchnorm_and_dropout_per_domain_passes():
+@pytest.fixture(params=["hooks", "autograd"])
+def copy_path(request, monkeypatch):
+    """Both ways of filling the ``[N, P]`` buffer: the CPU's per-parameter hooks and the
+    GPU's ``autograd.grad`` + one fused copy (forced here on the CPU)."""
+    if request.param == "autograd":
+        monkeypatch.setattr(algorithm_module, "HOOKED_COPY_DEVICES", frozenset())
+    return request.param
+
+
+def test_batchnorm_and_dropout_per_domain_passes(copy_path):
     """ResNet-18 in train mode (BatchNorm, ``resnet_dropout`` 0.5), 3 domains.
 
     One forward per domain in the same order on both paths, so BatchNorm uses
@@ -179,7 +189,7 @@ def test_update_takes_one_order_free_batchnorm_update_per_step():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_unused_parameters_are_zero_and_frozen_ones_are_skipped():
+def test_unused_parameters_are_zero_and_frozen_ones_are_skipped(copy_path):
     """An unused parameter's slice is zero; a frozen one is not in the buffer, .grad stays None."""
     shape = MLP_SHAPE
     fast = make("AgrSum", shape, **MLP)
@@ -221,7 +231,7 @@ def test_unused_parameters_are_zero_and_frozen_ones_are_skipped():
 # update
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["AgrSum", "AgrRand", "PCGrad"])
-def test_update_equals_plain_gradients_plus_rule_plus_adam(name):
+def test_update_equals_plain_gradients_plus_rule_plus_adam(name, copy_path):
     """Two ``update`` steps equal plain per-domain gradients + the surgery rule + Adam.
 
     The reference applies the rule from :mod:`domainbed_surgery.rules` (its one-pass

@@ -132,12 +132,17 @@ class GradientSurgery(ERM):
     def domain_gradients(self, minibatches) -> tuple[Tensor, Tensor]:
         """Fill the buffer with one loss gradient per minibatch; return it and the losses.
 
-        Each backward starts with ``.grad`` unset, so autograd stores each gradient as it
-        computes it (no accumulation); a post-accumulate hook copies it into the domain's
-        row at once, while it is in cache, and unsets it: one write of the row, without
-        zeroing it first or reading it back.
+        On the CPU each backward starts with ``.grad`` unset, so autograd stores each
+        gradient as it computes it (no accumulation); a post-accumulate hook copies it into
+        the domain's row at once, while it is in cache, and unsets it: one write of the
+        row, without zeroing it first or reading it back. On a GPU, where a Python hook and
+        a copy kernel per parameter cost more than the copy itself, ``torch.autograd.grad``
+        returns the gradients and one ``torch._foreach_copy_`` writes the row
+        (:data:`HOOKED_COPY_DEVICES`). Both give the same bits.
         """
         grads = self._prepare(len(minibatches))
+        if grads.device.type not in HOOKED_COPY_DEVICES:
+            return grads, self._gradients_by_autograd(minibatches)
         losses = []
         stored: set[int] = set()  # indices of the parameters whose row slice is written
 
@@ -164,6 +169,23 @@ class GradientSurgery(ERM):
             for hook in hooks:
                 hook.remove()
         return grads, torch.stack(losses)
+
+    def _gradients_by_autograd(self, minibatches) -> Tensor:
+        """The rows via ``torch.autograd.grad`` and one fused copy per row; the losses."""
+        losses = []
+        for p in self._params:
+            p.grad = None
+        for row, (x, y) in zip(self._rows, minibatches):
+            loss = F.cross_entropy(self.predict(x), y)
+            found = torch.autograd.grad(loss, self._params, allow_unused=True)
+            reached = [(r, g) for r, g in zip(row, found) if g is not None]
+            if reached:
+                torch._foreach_copy_([r for r, _ in reached], [g for _, g in reached])
+            unreached = [r for r, g in zip(row, found) if g is None]
+            if unreached:  # not reached by this loss: zero
+                torch._foreach_zero_(unreached)
+            losses.append(loss.detach())
+        return torch.stack(losses)
 
     def gradient_batches(self, minibatches) -> list:
         """The N batches whose gradients are combined: one per domain, or N of one domain."""
@@ -250,6 +272,12 @@ class GradientSurgery(ERM):
         batchnorm.commit()
         self.apply()
         return self.metrics(losses, passed)
+
+
+#: Device types whose gradients are copied into the ``[N, P]`` buffer by a hook per parameter
+#: as autograd stores them (in cache); elsewhere ``autograd.grad`` and one fused copy
+#: (measured on an H200: docs/results/gpu/README.md).
+HOOKED_COPY_DEVICES = frozenset({"cpu"})
 
 
 def _views(flat: Tensor, params, sizes) -> list[Tensor]:
