@@ -141,8 +141,7 @@ class GradientSurgery(ERM):
         (:data:`HOOKED_COPY_DEVICES`). Both give the same bits.
         """
         grads = self._prepare(len(minibatches))
-        if grads.device.type not in HOOKED_COPY_DEVICES:
-            return grads, self._gradients_by_autograd(minibatches)
+        hooked = grads.device.type in HOOKED_COPY_DEVICES
         losses = []
         stored: set[int] = set()  # indices of the parameters whose row slice is written
 
@@ -156,36 +155,27 @@ class GradientSurgery(ERM):
         for p in self._params:
             p.grad = None
         hooks = [p.register_post_accumulate_grad_hook(functools.partial(store, k))
-                 for k, p in enumerate(self._params)]
+                 for k, p in enumerate(self._params)] if hooked else []
         try:
             for row, (x, y) in zip(self._rows, minibatches):
                 stored.clear()
                 loss = F.cross_entropy(self.predict(x), y)
-                loss.backward()
-                for k in set(range(len(row))) - stored:  # not reached by this loss: zero
-                    row[k].zero_()
+                if hooked:
+                    loss.backward()
+                else:
+                    found = torch.autograd.grad(loss, self._params, allow_unused=True)
+                    reached = [k for k, g in enumerate(found) if g is not None]
+                    if reached:
+                        torch._foreach_copy_([row[k] for k in reached], [found[k] for k in reached])
+                    stored.update(reached)
+                unreached = [row[k] for k in range(len(row)) if k not in stored]
+                if unreached:  # not reached by this loss: zero
+                    torch._foreach_zero_(unreached)
                 losses.append(loss.detach())
         finally:
             for hook in hooks:
                 hook.remove()
         return grads, torch.stack(losses)
-
-    def _gradients_by_autograd(self, minibatches) -> Tensor:
-        """The rows via ``torch.autograd.grad`` and one fused copy per row; the losses."""
-        losses = []
-        for p in self._params:
-            p.grad = None
-        for row, (x, y) in zip(self._rows, minibatches):
-            loss = F.cross_entropy(self.predict(x), y)
-            found = torch.autograd.grad(loss, self._params, allow_unused=True)
-            reached = [(r, g) for r, g in zip(row, found) if g is not None]
-            if reached:
-                torch._foreach_copy_([r for r, _ in reached], [g for _, g in reached])
-            unreached = [r for r, g in zip(row, found) if g is None]
-            if unreached:  # not reached by this loss: zero
-                torch._foreach_zero_(unreached)
-            losses.append(loss.detach())
-        return torch.stack(losses)
 
     def gradient_batches(self, minibatches) -> list:
         """The N batches whose gradients are combined: one per domain, or N of one domain."""
