@@ -277,6 +277,7 @@ def environment(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
         "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "cpu_kernels": rules.compiled.describe(),
     }
 
 
@@ -333,7 +334,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 
     env = environment(device)
     print(f"device: {env['device']} ({device}), torch {env['torch']}, "
-          f"threads {env['threads']}, load average {env['loadavg']}")
+          f"threads {env['threads']}, load average {env['loadavg']}, CPU kernels: {env['cpu_kernels']}")
     rows, part_rows = [], []
     for setting in settings:
         print(f"\nsetting {setting.name}: backbone {setting.backbone or 'DomainBed default'}, "

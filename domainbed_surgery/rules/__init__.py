@@ -5,7 +5,8 @@ module of this package is imported here, and each :class:`Rule` subclass with a 
 registers itself, so a new rule is one new module (and its test file): the DomainBed
 algorithms, their hparams, the benchmark rows and the property tests derive from the
 registry. Layout: :mod:`.interface` (what a rule is), :mod:`.registry`, :mod:`.kernels`
-(the shared math), :mod:`.fused` (the step's single pass), one module per rule.
+(the shared math), :mod:`.fused` (the step's single pass), :mod:`.compiled` (its CPU
+kernels, Numba), one module per rule.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .kernels import (CHUNK, agreement_mask, check_finite_rows, check_grads, col
                       gram_matrix, pairwise_cosine)
 from .registry import REGISTRY, get, names
 
-_INFRASTRUCTURE = {"fused", "interface", "kernels", "registry"}
+_INFRASTRUCTURE = {"compiled", "fused", "interface", "kernels", "registry"}
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_") and _module.name not in _INFRASTRUCTURE:
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from . import compiled
 from .interface import ElementwiseRule
+from .kernels import agreeing_sum_into
 
 
 class AgrSum(ElementwiseRule):
@@ -15,11 +17,11 @@ class AgrSum(ElementwiseRule):
     summary = "sum of the domain gradients where all agree in sign, 0 elsewhere (Eq. 3)"
 
     def combine(self, grads, *, gram, mask, generator, out):
-        total = torch.sum(grads, dim=0, out=out)
-        return total.mul_(mask)
+        return agreeing_sum_into(grads, ~mask, out)
 
     def combine_chunk(self, grads, conflicts, out):
-        torch.add(grads[0], grads[1], out=out)
-        for row in grads[2:]:
-            out.add_(row)
-        out.masked_fill_(conflicts, 0.0)
+        agreeing_sum_into(grads, conflicts, out)
+
+    def combine_fused(self, grads, out):
+        done = compiled.agreeing_sum(grads, out)
+        return None if done is None else (torch.tensor(done[0]), None)

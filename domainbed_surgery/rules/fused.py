@@ -61,11 +61,19 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
     bounds = _bounds(segments, p) if diagnostics else None
     conflicts, low, high, scratch = scratch_buffers(min(chunk, p), grads[0])
     dots, n_conflicts, partials, segment_conflicts = [], [], [], []
+    # A compiled kernel (CPU): the rule and the conflict count in one read of all columns,
+    # before the dots (alternating it with torch's dots chunk by chunk costs their thread
+    # pools' hand-overs); the chunks then only give the dots.
+    fused = rule.combine_fused(grads, out) if rule is not None and bounds is None else None
+    if fused is not None:
+        n_conflicts.append(fused[0])
+        if fused[1] is not None:
+            partials.append(fused[1])
     for cols in column_chunks(p, chunk):
         part = grads[:, cols]
         k = part.shape[1]
         dots += upper_dots(part) if gram else [torch.dot(row, row) for row in part]
-        if rule is None and not diagnostics:
+        if fused is not None or (rule is None and not diagnostics):
             continue
         c = conflicts_into(part, conflicts[:k], low[:k], high[:k], scratch[:k])
         if diagnostics:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["CHUNK", "DEVICE_CHUNK", "default_chunk", "check_grads", "column_chunks",
-           "agreement_mask", "gram_matrix",
+           "agreement_mask", "row_sum", "agreeing_sum_into", "gram_matrix",
            "check_finite_rows", "pairwise_cosine"]
 
 
@@ -87,6 +87,21 @@ def agreement_mask(grads: Tensor) -> Tensor:
     """
     check_grads(grads)
     return conflicts_into(grads, *scratch_buffers(grads.shape[1], grads[0])).logical_not_()
+
+
+def row_sum(grads: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """The ``[N >= 2, K]`` rows added one after the other, into ``out``: the order of every
+    path (the plain rules, the one pass, the compiled kernel), so that they agree bitwise
+    (``torch.sum`` over 4 or more rows may add in another order)."""
+    out = torch.add(grads[0], grads[1], out=out)
+    for row in grads[2:]:
+        out.add_(row)
+    return out
+
+
+def agreeing_sum_into(grads: Tensor, conflicts: Tensor, out: Tensor) -> Tensor:
+    """Agr-Sum of some columns into ``out``: :func:`row_sum`, 0 where ``conflicts``."""
+    return row_sum(grads, out).masked_fill_(conflicts, 0.0)
 
 
 def upper_dots(rows: Sequence[Tensor]) -> list[Tensor]:

@@ -37,10 +37,13 @@ def test_gram_and_count_equal_the_plain_functions(chunk, n):
 
 
 @pytest.mark.parametrize("chunk", [1, 64, 1001, rules.CHUNK])
-def test_agrsum_in_one_pass_is_bitwise_the_rule(chunk):
-    g = grads_with_zeros()
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize("compiled", ["1", "0"])  # the compiled kernel, the torch code
+def test_agrsum_in_one_pass_is_bitwise_the_rule(chunk, n, compiled, monkeypatch):
+    monkeypatch.setenv("DOMAINBED_SURGERY_COMPILED", compiled)
+    g = grads_with_zeros(n, dtype=torch.float64)
     rule = rules.get("AgrSum")()
-    out = torch.full((g.shape[1],), float("nan"))
+    out = torch.full((g.shape[1],), float("nan"), dtype=g.dtype)
     passed = rules.one_pass(g, rule, out=out, chunk=chunk)
     assert torch.equal(out, rule(g))
     assert passed.partial is None
