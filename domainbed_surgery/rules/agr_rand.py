@@ -44,14 +44,14 @@ class AgrRand(ElementwiseRule):
         return torch.stack([torch.linalg.vector_norm(out, ord=1, dtype=torch.float64),
                             n_agree.to(torch.float64)])
 
+    def fuses(self, grads, out):
+        return compiled.applies(grads, out)
+
     def combine_fused(self, grads, out):
         """:meth:`combine_chunk` over all columns by the compiled kernel (its float64
         ``sum |g*|`` is summed block by block rather than chunk by chunk: the same value up
         to rounding)."""
-        done = compiled.agreeing_sum(grads, out)
-        if done is None:
-            return None
-        conflicts, l1 = done
+        conflicts, l1 = compiled.agreeing_sum(grads, out)
         return torch.tensor(conflicts), torch.tensor([l1, out.numel() - conflicts],
                                                      dtype=torch.float64)
 

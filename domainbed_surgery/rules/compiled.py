@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["enabled", "describe", "agreeing_sum", "noise_where_zero"]
+__all__ = ["enabled", "describe", "applies", "agreeing_sum", "noise_where_zero"]
 
 #: The dtypes the kernels are compiled for.
 DTYPES = (torch.float32, torch.float64)
@@ -64,11 +64,18 @@ def _run(kernel: Callable, *args):
         return kernel(*args)
 
 
+def applies(grads: Tensor, out: Tensor) -> bool:
+    """Whether :func:`agreeing_sum` runs compiled for ``grads`` ([N >= 2, K]) into ``out``
+    ([K]): enabled, CPU, one dtype of :data:`DTYPES`, contiguous rows, no autograd."""
+    return grads.dim() == 2 and grads.shape[0] >= 2 and out.shape == grads.shape[1:] \
+        and _usable(grads, out)
+
+
 def agreeing_sum(grads: Tensor, out: Tensor) -> Optional[tuple[int, float]]:
     """Agr-Sum of ``grads`` ([N, K]) into ``out`` ([K]): the sum where all rows are > 0 or
     all < 0, else 0; returns (conflicting columns, sum of ``|out|`` in float64), or None
-    (nothing written) when the compiled kernel does not apply."""
-    if not _usable(grads, out) or grads.shape[0] < 2 or out.shape != grads.shape[1:]:
+    (nothing written) where it does not :func:`applies`."""
+    if not applies(grads, out):
         return None
     rows = tuple(row.numpy() for row in grads)
     conflicts, l1 = _run(_loaded().agreeing_sum, rows, out.numpy())

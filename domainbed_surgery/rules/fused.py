@@ -61,19 +61,15 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
     bounds = _bounds(segments, p) if diagnostics else None
     conflicts, low, high, scratch = scratch_buffers(min(chunk, p), grads[0])
     dots, n_conflicts, partials, segment_conflicts = [], [], [], []
-    # A compiled kernel (CPU): the rule and the conflict count in one read of all columns,
-    # before the dots (alternating it with torch's dots chunk by chunk costs their thread
-    # pools' hand-overs); the chunks then only give the dots.
-    fused = rule.combine_fused(grads, out) if rule is not None and bounds is None else None
-    if fused is not None:
-        n_conflicts.append(fused[0])
-        if fused[1] is not None:
-            partials.append(fused[1])
+    # A compiled kernel (CPU) does the rule and the conflict count in one read of all
+    # columns, after the dots (between torch's dots chunk by chunk it would pay the hand-over
+    # of the two thread pools each time); the chunks then only give the dots.
+    fused = rule is not None and bounds is None and rule.fuses(grads, out)
     for cols in column_chunks(p, chunk):
         part = grads[:, cols]
         k = part.shape[1]
         dots += upper_dots(part) if gram else [torch.dot(row, row) for row in part]
-        if fused is not None or (rule is None and not diagnostics):
+        if fused or (rule is None and not diagnostics):
             continue
         c = conflicts_into(part, conflicts[:k], low[:k], high[:k], scratch[:k])
         if diagnostics:
@@ -84,6 +80,11 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
             partial = rule.combine_chunk(part, c, out[cols])
             if partial is not None:
                 partials.append(partial)
+    if fused:
+        count, partial = rule.combine_fused(grads, out)
+        n_conflicts.append(count)
+        if partial is not None:
+            partials.append(partial)
     if gram:
         matrix = widened_if_overflowed(gram_from_dots(dots, n, grads.device), grads, chunk)
         sq_norms = matrix.diagonal().clone()

@@ -166,13 +166,15 @@ class ElementwiseRule(Rule):
         """Write the update of some columns into ``out`` (``conflicts``: where Eq. 2 fails);
         may return a statistic, summed over the chunks and handed to :meth:`finish`."""
 
-    def combine_fused(self, grads: Tensor, out: Tensor
-                      ) -> Optional[tuple[Tensor, Optional[Tensor]]]:
+    def fuses(self, grads: Tensor, out: Tensor) -> bool:
+        """Whether :meth:`combine_fused` applies to these tensors (default: never)."""
+        return False
+
+    def combine_fused(self, grads: Tensor, out: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         """:meth:`combine_chunk` over all columns without a conflict mask, in one read of
-        ``grads`` (a compiled kernel); returns (conflicting columns, the statistic over all
-        columns), or None where no such kernel applies (the default: the caller then
-        computes the mask chunk by chunk)."""
-        return None
+        ``grads`` (a compiled kernel), where :meth:`fuses`; returns (conflicting columns,
+        the statistic over all columns)."""
+        raise NotImplementedError(f"{self.name} has no fused kernel")
 
     def finish(self, out: Tensor, partial: Optional[Tensor],
                generator: Optional[torch.Generator]) -> Tensor:
