@@ -285,3 +285,60 @@ def pretrained_batch_size_claims(batch_csv) -> list[tuple[str, str]]:
                          ids=lambda v: v if len(v) < 40 else v[:40])
 def test_pretrained_prose_quotes_the_data(document, phrase):
     assert phrase in text(REPO / document), f"{document} should say: {phrase}"
+
+
+STEP_TIME = REPO / "docs" / "results" / "cpu_step_time" / "benchmark.csv"
+STEP_TIME_SETTINGS = {"resnet18-64": "resnet18-64, 3 x 16",
+                      "mnist-28": "mnist-28, 3 x 32",
+                      "efficientnet_lite0-128": "efficientnet_lite0-128, 3 x 128"}
+STEP_TIME_COLUMNS = ["ERM", "AgrSum", "AgrRand", "PCGrad", "ANDMask", "Fish", "paper-scheme",
+                     "per-domain-floor"]
+
+
+def step_time_rows() -> list[str]:
+    """The README's CPU step-time table rows, rebuilt from the committed benchmark CSV."""
+    rows = pd.read_csv(STEP_TIME).set_index(["setting", "algorithm"])
+    lines = []
+    for setting, label in STEP_TIME_SETTINGS.items():
+        medians = [f"{rows.loc[(setting, a), 'median_ms']:.1f}" for a in STEP_TIME_COLUMNS]
+        ratios = [f"{rows.loc[(setting, a), 'ratio_to_erm']:.2f}" for a in STEP_TIME_COLUMNS]
+        lines += [f"| {label}: median ms | " + " | ".join(medians) + " |",
+                  "| ratio to ERM | " + " | ".join(ratios) + " |"]
+    return lines
+
+
+def test_readme_step_time_table_is_the_committed_run():
+    readme = table_lines((REPO / "README.md").read_text(encoding="utf-8"))
+    expected = step_time_rows()
+    start = readme.index(expected[0]) if expected[0] in readme else None
+    assert start is not None, f"README lacks the step-time row {expected[0]!r}"
+    assert readme[start:start + len(expected)] == expected
+
+
+def step_time_claims() -> list[str]:
+    """The README's prose on the step-time targets, from the committed benchmark CSV."""
+    rows = pd.read_csv(STEP_TIME).set_index(["setting", "algorithm"])
+
+    def ratio(setting, algorithm):
+        return f"{rows.loc[(setting, algorithm), 'ratio_to_erm']:.2f}"
+
+    def ms(setting, algorithm):
+        return f"{rows.loc[(setting, algorithm), 'median_ms']:.1f}"
+
+    r, m, e = "resnet18-64", "mnist-28", "efficientnet_lite0-128"
+    return [
+        f"AgrSum {ratio(r, 'AgrSum')}, AgrRand {ratio(r, 'AgrRand')}, PCGrad "
+        f"{ratio(r, 'PCGrad')} against ANDMask {ratio(r, 'ANDMask')} and the paper's scheme "
+        f"{ratio(r, 'paper-scheme')}",
+        f"(mnist-28: floor {ratio(m, 'per-domain-floor')}; {ratio(m, 'AgrSum')}, "
+        f"{ratio(m, 'AgrRand')}, {ratio(m, 'PCGrad')}; efficientnet: floor "
+        f"{ratio(e, 'per-domain-floor')}; {ratio(e, 'AgrSum')}, {ratio(e, 'AgrRand')}, "
+        f"{ratio(e, 'PCGrad')})",
+        f"({ms(m, 'AgrSum')} and {ms(m, 'AgrRand')} against {ms(m, 'paper-scheme')} ms)",
+        f"({ms(e, 'AgrSum')} and {ms(e, 'AgrRand')} against {ms(e, 'ANDMask')} ms)",
+    ]
+
+
+@pytest.mark.parametrize("phrase", step_time_claims(), ids=lambda v: v[:40])
+def test_readme_step_time_prose_quotes_the_run(phrase):
+    assert phrase in text(REPO / "README.md"), f"README.md should say: {phrase}"
