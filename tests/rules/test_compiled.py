@@ -78,6 +78,9 @@ def test_agreeing_sum_declines_what_it_is_not_compiled_for():
     assert compiled.agreeing_sum(torch.randn(1, 10), out) is None  # one row: no rule
     assert compiled.agreeing_sum(torch.randn(3, 10), torch.empty(9)) is None  # shapes
     assert compiled.agreeing_sum(torch.randn(3, 10, dtype=torch.float64), out) is None
+    meta = torch.empty(3, 10, device="meta")  # not the CPU (as CUDA): the torch code runs
+    assert not compiled.applies(meta, torch.empty(10, device="meta"))
+    assert not rules.get("AgrSum")().fuses(meta, torch.empty(10, device="meta"))
 
 
 def test_agreeing_sum_does_not_depend_on_the_thread_count():
