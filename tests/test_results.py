@@ -233,12 +233,11 @@ def pretrained_claims() -> list[tuple[str, str]]:
         avg_p = {f"{stats.wilcoxon(by_seed[a], by_seed['ERM']).pvalue:.3f}"
                  for a in ("AgrSum", "PCGrad", "AgrRand")}
         assert len(cell_p) == 1 and len(avg_p) == 1  # the prose quotes one p for each group
+        (cell_p,), (avg_p,) = cell_p, avg_p
         claims += [
-            (readme, f"p = {cell_p.pop()} in each of the six photo and sketch cells"),
-            (readme, f"ERM's lead over the four targets has p = {avg_p.pop()} for each method"),
+            (readme, f"p = {cell_p} in each of the six photo and sketch cells"),
+            (readme, f"ERM's lead over the four targets has p = {avg_p} for each method"),
         ]
-        avg_p = {f"{stats.wilcoxon(by_seed[a], by_seed['ERM']).pvalue:.3f}"
-                 for a in ("AgrSum", "PCGrad", "AgrRand")}
         claims += [
             ("README.md", f"ERM is in a pretrained regime: {means['ERM'].mean():.1f}% on average "
                           f"over the four targets (photo {means['ERM', 'P']:.1f}%)"),
@@ -249,7 +248,7 @@ def pretrained_claims() -> list[tuple[str, str]]:
                           f"{art_cartoon.max():+.1f} points"),
             ("README.md", f"**complete: {per_trial.shape[0]} runs**"),
             ("README.md", f"(trial seeds {full_seeds[0]}-{full_seeds[-1]}; paired Wilcoxon p = "
-                          f"{avg_p.pop()} for each)"),
+                          f"{avg_p} for each)"),
             ("README.md", f"({(photo_sketch < 0).sum()} of {len(photo_sketch)} pairs)"),
             ("README.md", f"ERM leads AgrSum by {lead['AgrSum']:.1f} points, PCGrad by "
                           f"{lead['PCGrad']:.1f} and AgrRand by {lead['AgrRand']:.1f}"),

@@ -59,17 +59,19 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
     if rule is not None and out is None:
         out = grads.new_empty(p)
     bounds = _bounds(segments, p) if diagnostics else None
-    conflicts, low, high, scratch = scratch_buffers(min(chunk, p), grads[0])
     dots, n_conflicts, partials, segment_conflicts = [], [], [], []
     # A compiled kernel (CPU) does the rule and the conflict count in one read of all
     # columns, after the dots (between torch's dots chunk by chunk it would pay the hand-over
     # of the two thread pools each time); the chunks then only give the dots.
     fused = rule is not None and bounds is None and rule.fuses(grads, out)
+    masks = not fused and (rule is not None or diagnostics)  # the chunks compute conflicts
+    if masks:
+        conflicts, low, high, scratch = scratch_buffers(min(chunk, p), grads[0])
     for cols in column_chunks(p, chunk):
         part = grads[:, cols]
         k = part.shape[1]
         dots += upper_dots(part) if gram else [torch.dot(row, row) for row in part]
-        if fused or (rule is None and not diagnostics):
+        if not masks:
             continue
         c = conflicts_into(part, conflicts[:k], low[:k], high[:k], scratch[:k])
         if diagnostics:
