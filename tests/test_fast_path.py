@@ -302,7 +302,20 @@ def test_benchmark_main_writes_csv_and_json(tmp_path, capsys):
     assert {(r["algorithm"], r["part"]) for r in part_rows} == {
         (a, p) for a in step_time.SURGERY_ALGORITHMS for p in step_time.PARTS}
 
+    with open(tmp_path / "benchmark_paired.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == step_time.PAIRED_COLUMNS
+        paired_rows = list(reader)
+    assert [(r["algorithm"], r["reference"]) for r in paired_rows] == [
+        (a, ref) for a in step_time.SURGERY_ALGORITHMS for ref in step_time.REFERENCES]
+    for r in paired_rows:  # two repetitions: each differed from the reference or not
+        assert r["steps"] == "2" and float(r["faster_share"]) in (0.0, 0.5, 1.0)
+    assert all(float(r["paired_ratio_to_erm"]) > 0 for r in csv_rows)
+    assert float(erm["paired_ratio_to_erm"]) == 1.0
+    assert "paired, repetition by repetition" in printed
+
     data = json.loads((tmp_path / "benchmark.json").read_text())
+    assert len(data["paired"]) == len(paired_rows)
     assert data["environment"]["torch"] == torch.__version__
     assert data["environment"]["threads"] == 1
     assert len(data["results"]) == len(rows) == len(csv_rows)

@@ -10,7 +10,11 @@ synchronized before and after each step -- and its ratio to ERM's median, and th
 and its ratio: with ``surgery_diagnostics_every`` k > 1 one step in k also computes the
 logged diagnostics, which the median hides and the mean amortizes.
 Interleaving matters on a shared machine: a load spike hits all algorithms alike
-instead of one.
+instead of one. It also pairs the measurements (:mod:`.paired`): ``paired_ratio_to_erm``
+is the median of the per-repetition ratios to ERM's step of the same repetition, and a
+third table compares every surgery algorithm with each reference present (ANDMask, the
+paper's scheme, the per-domain floor) repetition by repetition: the median difference,
+the share of repetitions it was faster and a one-sided Wilcoxon signed-rank p-value.
 
 Reference rows, implemented here and not registered in DomainBed:
 
@@ -72,11 +76,13 @@ import torch
 
 from .. import rules
 from .memory import StepMemory, state_bytes
+from .paired import PAIRED_COLUMNS, compare, paired_ratio
 from .settings import ALIASES, CPU_SETTINGS, GPU_SETTINGS, SETTINGS, Setting, make_minibatches, \
     resolve_settings
 
 __all__ = ["SETTINGS", "ALIASES", "CPU_SETTINGS", "GPU_SETTINGS", "DEFAULT_ALGORITHMS", "PAPER",
-           "FLOOR", "SURGERY_ALGORITHMS", "PARTS", "RESULT_COLUMNS", "PART_COLUMNS", "Setting",
+           "FLOOR", "SURGERY_ALGORITHMS", "PARTS", "REFERENCES", "RESULT_COLUMNS", "PART_COLUMNS",
+           "PAIRED_COLUMNS", "Setting",
            "make_minibatches", "resolve_settings", "build", "run_setting", "run", "format_table",
            "write_csv"]
 
@@ -87,11 +93,14 @@ FLOOR = "per-domain-floor"
 #: Every available rule of the registry (the paper's three first, then TorchJD's).
 SURGERY_ALGORITHMS = tuple(rules.names())
 DEFAULT_ALGORITHMS = ("ERM", *SURGERY_ALGORITHMS, "ANDMask", "Fish", PAPER, FLOOR)
+#: What every surgery algorithm is compared with, repetition by repetition (where present).
+REFERENCES = ("ANDMask", PAPER, FLOOR)
 PARTS = ("gradients", "one_pass", "combine", "combine_no_diagnostics", "metrics", "adam")
 
 RESULT_COLUMNS = ("setting", "algorithm", "device", "threads", "backbone", "input_shape",
                   "domains", "batch_per_domain", "params", "steps", "warmup", "median_ms",
-                  "p25_ms", "p75_ms", "min_ms", "ratio_to_erm", "mean_ms", "mean_ratio_to_erm",
+                  "p25_ms", "p75_ms", "min_ms", "ratio_to_erm", "paired_ratio_to_erm", "mean_ms",
+                  "mean_ratio_to_erm",
                   "step_mem_mib", "state_mib", "mem_method")
 PART_COLUMNS = ("setting", "algorithm", "part", "median_ms", "p25_ms", "p75_ms",
                 "update_median_ms", "share")
@@ -182,8 +191,9 @@ def _parts_once(alg, minibatches, device) -> dict[str, float]:
 
 
 def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: int,
-                warmup: int, seed: int = 0, log=print) -> tuple[list[dict], list[dict]]:
-    """Benchmark ``algorithm_names`` on ``setting``; rows for the two tables."""
+                warmup: int, seed: int = 0, log=print) -> tuple[list[dict], list[dict], list[dict]]:
+    """Benchmark ``algorithm_names`` on ``setting``; rows for the three tables (steps,
+    parts, paired comparisons)."""
     minibatches = make_minibatches(setting, device, seed)
     algs = {}
     for name in algorithm_names:
@@ -231,6 +241,8 @@ def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: 
             "median_ms": round(med, 3), "p25_ms": round(p25, 3), "p75_ms": round(p75, 3),
             "min_ms": round(lo, 3),
             "ratio_to_erm": round(med / erm, 3) if erm else None,
+            "paired_ratio_to_erm": round(paired_ratio(times[name], times["ERM"]), 3)
+            if erm else None,
             "mean_ms": round(means[name], 3),
             "mean_ratio_to_erm": round(means[name] / erm_mean, 3) if erm_mean else None,
             "step_mem_mib": None if step_mem[name] is None else round(step_mem[name] / MIB, 1),
@@ -246,11 +258,24 @@ def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: 
                 "update_median_ms": round(medians[name], 3),
                 "share": round(med / medians[name], 3) if medians[name] else None,
             })
+    paired_rows = []
+    for name in surgery_names:
+        for reference in (r for r in REFERENCES if r in times):
+            c = compare(times[name], times[reference], times["ERM"] if erm else None)
+            paired_rows.append({
+                "setting": setting.name, "algorithm": name, "reference": reference,
+                "steps": steps, "median_diff_ms": round(c["median_diff_ms"], 3),
+                "median_diff_erm_steps": None if c["median_diff_erm_steps"] is None
+                else round(c["median_diff_erm_steps"], 4),
+                "faster_share": round(c["faster_share"], 3),
+                "wilcoxon_p_faster": None if c["wilcoxon_p_faster"] is None
+                else float(f"{c['wilcoxon_p_faster']:.3g}"),
+            })
     algs.clear()  # free the models before the next setting
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return rows, part_rows
+    return rows, part_rows, paired_rows
 
 
 # --------------------------------------------------------------------------------------
@@ -293,9 +318,13 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 RESULT_TABLE = [("algorithm", "algorithm"), ("median_ms", "median ms"), ("p25_ms", "p25"),
-                ("p75_ms", "p75"), ("min_ms", "min"), ("ratio_to_erm", "x ERM"), ("mean_ms", "mean ms"),
+                ("p75_ms", "p75"), ("min_ms", "min"), ("ratio_to_erm", "x ERM"),
+                ("paired_ratio_to_erm", "paired x ERM"), ("mean_ms", "mean ms"),
                 ("mean_ratio_to_erm", "mean x ERM"), ("step_mem_mib", "step MiB"),
                 ("state_mib", "state MiB")]
+PAIRED_TABLE = [("algorithm", "algorithm"), ("reference", "against"),
+                ("median_diff_ms", "median diff ms"), ("median_diff_erm_steps", "in ERM steps"),
+                ("faster_share", "faster in"), ("wilcoxon_p_faster", "p (faster)")]
 PART_TABLE = [("algorithm", "algorithm"), ("part", "part"), ("median_ms", "median ms"),
               ("p25_ms", "p25"), ("p75_ms", "p75"), ("share", "share of update")]
 
@@ -309,14 +338,17 @@ def write_csv(path: Path, columns, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def write_outputs(output_dir: Path, env: dict, args: dict, rows, part_rows) -> None:
-    """``benchmark.csv``, ``benchmark_parts.csv`` and ``benchmark.json`` in ``output_dir``."""
+def write_outputs(output_dir: Path, env: dict, args: dict, rows, part_rows,
+                  paired_rows) -> None:
+    """``benchmark.csv``, ``benchmark_parts.csv``, ``benchmark_paired.csv`` and
+    ``benchmark.json`` in ``output_dir``."""
     for name, columns, data in (("benchmark.csv", RESULT_COLUMNS, rows),
-                                ("benchmark_parts.csv", PART_COLUMNS, part_rows)):
+                                ("benchmark_parts.csv", PART_COLUMNS, part_rows),
+                                ("benchmark_paired.csv", PAIRED_COLUMNS, paired_rows)):
         write_csv(output_dir / name, columns, data)
     with open(output_dir / "benchmark.json", "w") as f:
-        json.dump({"environment": env, "args": args, "results": rows, "parts": part_rows},
-                  f, indent=2)
+        json.dump({"environment": env, "args": args, "results": rows, "parts": part_rows,
+                   "paired": paired_rows}, f, indent=2)
 
 
 def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
@@ -335,25 +367,30 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     env = environment(device)
     print(f"device: {env['device']} ({device}), torch {env['torch']}, "
           f"threads {env['threads']}, load average {env['loadavg']}, CPU kernels: {env['cpu_kernels']}")
-    rows, part_rows = [], []
+    rows, part_rows, paired_rows = [], [], []
     for setting in settings:
         print(f"\nsetting {setting.name}: backbone {setting.backbone or 'DomainBed default'}, "
               f"input {setting.input_shape}, {setting.num_domains} domains x "
               f"{setting.batch_size}, hparams from {setting.dataset}; "
               f"{args.warmup} warm-up + {args.steps} timed steps each", flush=True)
         started = time.perf_counter()
-        r, p = run_setting(setting, args.algorithms, device, args.steps, args.warmup, args.seed,
-                           log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        r, p, c = run_setting(setting, args.algorithms, device, args.steps, args.warmup,
+                              args.seed, log=lambda msg: print(msg, file=sys.stderr, flush=True))
         rows += r
         part_rows += p
+        paired_rows += c
         print(format_table(r, RESULT_TABLE))
         if p:
             print("\nparts of one surgery step (timed separately):")
             print(format_table(p, PART_TABLE))
+        if c:
+            print("\npaired, repetition by repetition (negative: faster than the reference):")
+            print(format_table(c, PAIRED_TABLE))
         print(f"({time.perf_counter() - started:.0f} s; memory: {r[0]['mem_method']})", flush=True)
     env["loadavg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     print(f"\nload average at the end: {env['loadavg_end']}")
     if args.output_dir:
-        write_outputs(Path(args.output_dir), env, vars(args), rows, part_rows)
-        print(f"wrote {args.output_dir}/benchmark.csv, benchmark_parts.csv, benchmark.json")
+        write_outputs(Path(args.output_dir), env, vars(args), rows, part_rows, paired_rows)
+        print(f"wrote {args.output_dir}/benchmark.csv, benchmark_parts.csv, "
+              "benchmark_paired.csv, benchmark.json")
     return rows, part_rows
