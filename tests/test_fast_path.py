@@ -338,6 +338,42 @@ def test_benchmark_module_entry_point(tmp_path, monkeypatch):
         assert [r["algorithm"] for r in csv.DictReader(f)] == ["ERM", "AgrSum"]
 
 
+@pytest.mark.parametrize("settle", [0, 1, 2])
+def test_benchmark_times_each_step_right_after_settle_steps_of_the_same_algorithm(
+        monkeypatch, settle):
+    """The timed step of an algorithm follows ``settle`` untimed steps of that algorithm,
+    never directly another algorithm's step (unless ``settle`` is 0)."""
+    calls = []
+    build = step_time.build
+
+    def recording_build(name, *args, **kwargs):
+        alg = build(name, *args, **kwargs)
+        update = alg.update
+        alg.update = lambda *a, **k: (calls.append(name), update(*a, **k))[1]
+        return alg
+
+    real_timed = step_time.timed
+    monkeypatch.setattr(step_time, "build", recording_build)
+    monkeypatch.setattr(step_time, "timed", lambda fn, device: (calls.append("timed"),
+                                                                real_timed(fn, device))[1])
+    step_time.run_setting(step_time.SETTINGS["tiny"], ["ERM", "AgrSum"], torch.device("cpu"),
+                          steps=2, warmup=0, log=lambda msg: None, settle=settle)
+    main_loop = calls[:2 * 2 * (settle + 2)]  # 2 repetitions x 2 algorithms
+    expected = []
+    for order in (["ERM", "AgrSum"], ["AgrSum", "ERM"]):
+        for name in order:
+            expected += [name] * settle + ["timed", name]
+    assert main_loop == expected
+
+
+def test_benchmark_rejects_negative_settle():
+    with pytest.raises(SystemExit):
+        benchmark.main(["--settings", "tiny", "--settle", "-1"])
+    with pytest.raises(ValueError, match="settle"):
+        step_time.run_setting(step_time.SETTINGS["tiny"], ["ERM"], torch.device("cpu"), 1, 0,
+                              settle=-1)
+
+
 def test_benchmark_rejects_unknown_setting():
     with pytest.raises(SystemExit):
         benchmark.main(["--settings", "no-such-setting"])

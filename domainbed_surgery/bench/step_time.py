@@ -10,7 +10,12 @@ synchronized before and after each step -- and its ratio to ERM's median, and th
 and its ratio: with ``surgery_diagnostics_every`` k > 1 one step in k also computes the
 logged diagnostics, which the median hides and the mean amortizes.
 Interleaving matters on a shared machine: a load spike hits all algorithms alike
-instead of one. It also pairs the measurements (:mod:`.paired`): ``paired_ratio_to_erm``
+instead of one. But one process hosting many algorithms adds its own bias: a step
+right after another algorithm's step finds the allocator's heap and the caches in that
+algorithm's state (measured on the 2-core CPU: several ms for whoever follows ERM's
+batched pass, which the rotation always puts in the same place), unlike any step of a
+training run. So each timed step comes right after ``--settle`` (default 1) untimed steps
+of the same algorithm, as in training. It also pairs the measurements (:mod:`.paired`): ``paired_ratio_to_erm``
 is the median of the per-repetition ratios to ERM's step of the same repetition, and a
 third table compares every surgery algorithm with each reference present (ANDMask, the
 paper's scheme, the per-domain floor) repetition by repetition: the median difference,
@@ -191,9 +196,12 @@ def _parts_once(alg, minibatches, device) -> dict[str, float]:
 
 
 def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: int,
-                warmup: int, seed: int = 0, log=print) -> tuple[list[dict], list[dict], list[dict]]:
+                warmup: int, seed: int = 0, log=print, settle: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
     """Benchmark ``algorithm_names`` on ``setting``; rows for the three tables (steps,
-    parts, paired comparisons)."""
+    parts, paired comparisons). ``settle`` untimed steps of an algorithm precede each of
+    its timed steps (and each timed step of its parts)."""
+    if settle < 0:
+        raise ValueError(f"settle must be >= 0, got {settle}")
     minibatches = make_minibatches(setting, device, seed)
     algs = {}
     for name in algorithm_names:
@@ -209,6 +217,8 @@ def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: 
     for rep in range(steps):
         k = rep % len(names)
         for name in names[k:] + names[:k]:
+            for _ in range(settle):  # back in this algorithm's own steady state
+                algs[name].update(minibatches)
             seconds, _ = timed(lambda: algs[name].update(minibatches), device)
             times[name].append(seconds)
         log(f"  [{setting.name}] repetition {rep + 1}/{steps} done")
@@ -223,6 +233,8 @@ def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: 
     for rep in range(steps if surgery_names else 0):
         k = rep % len(surgery_names)
         for name in surgery_names[k:] + surgery_names[:k]:
+            for _ in range(settle):
+                algs[name].update(minibatches)
             for part, seconds in _parts_once(algs[name], minibatches, device).items():
                 part_times[name][part].append(seconds)
 
@@ -375,7 +387,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
               f"{args.warmup} warm-up + {args.steps} timed steps each", flush=True)
         started = time.perf_counter()
         r, p, c = run_setting(setting, args.algorithms, device, args.steps, args.warmup,
-                              args.seed, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                              args.seed, log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                              settle=args.settle)
         rows += r
         part_rows += p
         paired_rows += c

@@ -1,7 +1,7 @@
 """Step-time benchmark of every surgery algorithm against ERM, ANDMask, Fish and two references.
 
     python -m domainbed_surgery.scripts.benchmark [--settings mnist-28 resnet18-64]
-        [--algorithms ...] [--steps 10] [--warmup 2] [--threads N] [--output_dir DIR]
+        [--algorithms ...] [--steps 10] [--warmup 2] [--settle 1] [--threads N] [--output_dir DIR]
     python -m domainbed_surgery.scripts.benchmark --chunk_study [--chunks 524288 0]
         [--params 11200000] [--output_dir DIR]
 
@@ -32,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
     parser.add_argument("--steps", type=int, default=10, help="timed repetitions per algorithm")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per algorithm first")
+    parser.add_argument("--settle", type=int, default=1,
+                        help="untimed steps of the same algorithm right before each timed one "
+                             "(its own steady state, as in training; 0: none)")
     parser.add_argument("--algorithms", nargs="+", default=list(DEFAULT_ALGORITHMS),
                         help=f"default: {' '.join(DEFAULT_ALGORITHMS)}")
     parser.add_argument("--output_dir", default=None, help="write CSV and JSON here")
@@ -46,8 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="P values for --chunk_study (default: the parameter counts of "
                              "the settings' networks)")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.settle < 0:
+        parser.error("--steps must be >= 1, --warmup and --settle >= 0")
     if any(c < 0 for c in args.chunks) or any(p < 1 for p in args.params or ()):
         parser.error("--chunks must be >= 0 (0: whole rows) and --params >= 1")
     return args
