@@ -441,3 +441,45 @@ def test_gradient_similarity_summary_and_redraw(tmp_path, capsys):
     assert (tmp_path / "out" / "gradient_similarity.png").stat().st_size > 1000
     with pytest.raises(SystemExit):
         cli.parse_args(["--steps", "3"])  # neither --dataset nor --from_csv
+
+
+def test_agreement_curves_keep_the_control_arm_apart():
+    """A sweep folder holding both arms of the Fig. 4 control (the pretrained sweeps share
+    one folder) gives one curve per arm, labelled as the report labels them, not one
+    pooled curve per algorithm."""
+    records = [{"args": {"dataset": "PACS", "algorithm": "AgrSum", "test_envs": [0],
+                         "trial_seed": 0, "hparams_seed": 0},
+                "hparams": {"surgery_batches": arm}, "step": 0, "agreement": value,
+                "cosine": value}
+               for arm, value in (("multi", 0.3), ("single", 0.5))]
+    records.append({**records[0], "hparams": {}})  # runs from before the hparam existed
+    frame, _, _ = curves.records_to_frames(records)
+    assert frame["algorithm"].tolist() == ["AgrSum", "AgrSum", "AgrSum-single"]
+    assert frame["agreement"].tolist() == [0.3, 0.3, 0.5]
+
+
+def test_by_hparam_finds_the_control_arms_diagnostics(tmp_path):
+    """per_trial_by_hparam labels a control arm ``<name>-single`` as the report does, and
+    still finds that arm's logged agreement (it looked the runs up by the bare name)."""
+    from domainbed_surgery.plugin import locate
+
+    try:
+        locate.ensure_importable()
+    except ImportError as exc:
+        pytest.skip(f"DomainBed not importable: {exc}")
+    from domainbed_surgery.analysis.by_hparam import per_trial_by_hparam
+    from domainbed_surgery.report import records as rec
+
+    for arm, agree in (("multi", 0.2), ("single", 0.6)):
+        run = tmp_path / arm
+        run.mkdir()
+        r = {"args": {"dataset": "PACS32", "algorithm": "AgrSum", "test_envs": [3],
+                      "trial_seed": 0, "hparams_seed": 0},
+             "hparams": {"batch_size": 16, "surgery_batches": arm}, "step": 100,
+             "agreement": agree, "cosine": agree / 2}
+        r.update({f"env{e}_{s}_acc": 0.5 for e in range(4) for s in ("in", "out")})
+        (run / "results.jsonl").write_text(json.dumps(r) + "\n")
+    per_trial = per_trial_by_hparam(rec.load_records(tmp_path), "batch_size").set_index(
+        "algorithm")
+    assert per_trial.loc["AgrSum", "agreement"] == pytest.approx(0.2)
+    assert per_trial.loc["AgrSum-single", "agreement"] == pytest.approx(0.6)

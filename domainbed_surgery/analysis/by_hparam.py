@@ -34,7 +34,7 @@ def per_trial_by_hparam(records, hparam: str, selection: str = "iid",
     """One row per (hparam value, algorithm, test env, trial seed) of single-test-env runs:
     the selected test accuracy (%) and the run's mean ``agreement`` and ``cosine`` over its
     checkpoint records (NaN for algorithms that log none)."""
-    records = [r for r in records
+    records = [r for r in map(trials.with_arm_label, records)  # control arm: "<name>-single"
                if len(r["args"]["test_envs"]) == 1
                and (test_env is None or r["args"]["test_envs"][0] == test_env)
                and (algorithms is None or r["args"]["algorithm"] in algorithms)]

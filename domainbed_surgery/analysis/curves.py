@@ -10,7 +10,9 @@ checkpoint and writes into each checkpoint record:
   parameter tensor. These exist only if an algorithm's ``update`` emits such keys; this
   module plots whatever ``agreement/<name>`` keys the records carry and invents none.
 
-Algorithms without the keys (ERM and DomainBed's others) are reported and skipped.
+Algorithms without the keys (ERM and DomainBed's others) are reported and skipped. The
+control arm of the paper's Fig. 4 (hparam ``surgery_batches: single``) is its own
+algorithm, ``<name>-single``, as in the report's tables.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Iterable, Mapping, Optional
 import pandas as pd
 
 from ..report.figures import save_figure
+from ..report.trials import with_arm_label
 
 KEYS = ("agreement", "cosine")
 LAYER_PREFIX = "agreement/"
@@ -55,6 +58,7 @@ def records_to_frames(records: Iterable[Mapping]) -> tuple[pd.DataFrame, pd.Data
     """
     rows, layer_rows, seen, with_keys = [], [], {}, set()
     for record in records:
+        record = with_arm_label(record)  # a control arm is its own curve, "<name>-single"
         ids = _ids(record)
         seen[ids["algorithm"]] = seen.get(ids["algorithm"], 0) + 1
         layer_keys = [k for k in record if k.startswith(LAYER_PREFIX)]

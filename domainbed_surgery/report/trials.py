@@ -67,8 +67,10 @@ def with_arm_label(record: dict) -> dict:
     """The record, its algorithm renamed ``<name>-single`` if it ran the single-domain control.
 
     So a sweep with both arms of the paper's control experiment shows them side by side.
+    Idempotent: a record already labelled keeps its label.
     """
-    if (record.get("hparams") or {}).get("surgery_batches") != "single":
+    if (record.get("hparams") or {}).get("surgery_batches") != "single" \
+            or record["args"]["algorithm"].endswith(SINGLE_DOMAIN_SUFFIX):
         return record
     args = dict(record["args"], algorithm=record["args"]["algorithm"] + SINGLE_DOMAIN_SUFFIX)
     return dict(record, args=args)
