@@ -674,3 +674,39 @@ def test_a_stray_run_with_an_env_the_dataset_lacks_is_skipped_and_named(hand, tm
             "VLCS does not have (it has 4: 0-3 = C, L, S, V)") in captured.err
     table = lambda md: [line for line in md.splitlines() if line.startswith("|")]  # noqa: E731
     assert table((tmp_path / "out" / "VLCS_iid.md").read_text()) == table(fmt.to_markdown(t))
+
+
+def test_report_writes_the_control_arms_differences(domainbed, tmp_path, capsys):
+    """With both arms of the Fig. 4 control in the sweep, the report prints and writes
+    multi minus single per target (known by hand); without arms, no such file."""
+    from domainbed_surgery.scripts import report as cli
+
+    sweep = tmp_path / "sweep"
+    for env in (0, 1):
+        for trial in range(3):
+            _run(sweep, "AgrSum", env, trial, 0.70 + 0.01 * trial, surgery_batches="multi")
+            _run(tmp_path / "single", "AgrSum", env, trial, 0.70 - 0.01 * env,
+                 surgery_batches="single")
+    for run in (tmp_path / "single").iterdir():  # one sweep folder, as the sweeps make it
+        run.rename(sweep / f"single_{run.name}")
+    cli.main(["--input_dir", str(sweep), "--output_dir", str(tmp_path / "out"), "--no_figures"])
+    printed = capsys.readouterr().out
+    arms = {(r["target"]): r for r in _csv_rows(tmp_path / "out" / "control_arms_iid.csv")}
+    # target C (env 0): +0, +1, +2 points; L (env 1): +1, +2, +3
+    assert float(arms["C"]["mean_diff"]) == pytest.approx(1.0)
+    assert float(arms["L"]["mean_diff"]) == pytest.approx(2.0)
+    assert float(arms["Avg"]["mean_diff"]) == pytest.approx(1.5)
+    assert arms["L"]["multi_ahead"] == "3" and arms["C"]["multi_ahead"] == "2"
+    assert float(arms["L"]["wilcoxon_p"]) == pytest.approx(0.25)  # 3 of 3 ahead, exact
+    assert "VLCS AgrSum L: +2.0 (+1.0 to +3.0; multi ahead in 3 of 3; p 0.250)" in printed
+
+    cli.main(["--input_dir", str(sweep), "--output_dir", str(tmp_path / "out2"),
+              "--no_figures", "--algorithms", "AgrSum"])
+    assert not (tmp_path / "out2" / "control_arms_iid.csv").exists()
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))

@@ -4,8 +4,10 @@
         [--selection iid loo oracle] [--baseline ERM] [--alpha 0.05] [--no_figures]
 
 Writes ``<dataset>_<selection>.{md,tex,csv}``, ``<dataset>_<selection>_cells.csv``,
-``<dataset>_<selection>_boxplot.{png,pdf}`` and ``per_trial_<selection>.csv`` into
-the output folder (default ``<input_dir>/report``) and prints the tables as text. Under
+``<dataset>_<selection>_boxplot.{png,pdf}`` and ``per_trial_<selection>.csv`` into the
+output folder (default ``<input_dir>/report``) and prints the tables as text; where the
+sweep has control arms (``<name>-single``, paper Fig. 4), also each method's multi minus
+single arm (``control_arms_<selection>.csv``, :mod:`domainbed_surgery.analysis.control`). Under
 each table: the protocol read from the runs and the facts their training recorded
 (``protocol.json``: steps, batch size, backbone and weights..., what differs between the
 algorithms); cells whose runs mix protocols are marked.
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 from .. import register
+from ..analysis.control import arm_differences
 from ..report import format as fmt
 from ..report import records as rec
 from ..report import summary, trials
@@ -99,8 +102,31 @@ def main(argv=None) -> list[Path]:
                 from ..report import figures  # noqa: PLC0415 - matplotlib only when plotting
 
                 written += figures.save_boxplots(table, Path(f"{stem}_boxplot"))
+        written += _control_arms(per_trial, args.algorithms, out_dir / f"control_arms_{key}.csv")
     print(f"\nWrote {len(written)} files to {out_dir}")
     return written
+
+
+def _control_arms(per_trial, algorithms, path: Path) -> list[Path]:
+    """Print and write each method's multi minus single arm, where the sweep has both."""
+    shown = per_trial if algorithms is None else per_trial[per_trial["algorithm"].isin(algorithms)]
+    frames = [arm_differences(sub).assign(dataset=ds) for ds, sub in shown.groupby("dataset")]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return []
+    import pandas as pd  # noqa: PLC0415
+
+    arms = pd.concat(frames, ignore_index=True)
+    arms = arms[["dataset"] + [c for c in arms.columns if c != "dataset"]]
+    print("\nControl (paper Fig. 4): multi minus single arm, accuracy points, paired by target "
+          "and trial seed; two-sided paired Wilcoxon p")
+    for r in arms.itertuples(index=False):
+        p = "-" if pd.isna(r.wilcoxon_p) else f"{r.wilcoxon_p:.3f}"
+        print(f"  {r.dataset} {r.algorithm} {r.target}: {r.mean_diff:+.1f} "
+              f"({r.min_diff:+.1f} to {r.max_diff:+.1f}; multi ahead in {r.multi_ahead} of "
+              f"{r.n_pairs}; p {p})")
+    arms.to_csv(path, index=False, float_format="%.10g")
+    return [path]
 
 
 if __name__ == "__main__":
