@@ -21,7 +21,7 @@ RESULTS = REPO / "docs" / "results" / "pacs64"
 #: Experiment folder -> the baseline its report tested against (None: no test).
 TABLES = {"table1": "ERM", "control": None}
 #: The pretrained regime's tables (docs/results/pacs-pretrained), likewise.
-PRETRAINED_TABLES = {"table1": "ERM"}
+PRETRAINED_TABLES = {"table1": "ERM", "control": None}
 
 
 def table_lines(markdown: str) -> list[str]:
@@ -254,6 +254,44 @@ def pretrained_claims() -> list[tuple[str, str]]:
                           f"{lead['PCGrad']:.1f} and AgrRand by {lead['AgrRand']:.1f}"),
         ]
     return claims
+
+
+CONTROL = PRETRAINED / "control"
+ARMS = ("AgrSum", "AgrRand", "PCGrad")
+
+
+def control_arm_rows() -> list[str]:
+    """The pretrained control README's multi-minus-single table, from control_arms_iid.csv."""
+    arms = pd.read_csv(CONTROL / "control_arms_iid.csv", dtype={"target": str}).set_index(
+        ["algorithm", "target"])
+    targets = ["A", "C", "P", "S", "Avg"]
+    lines = []
+    for name in ARMS:
+        cells = [f"{arms.loc[(name, t), 'mean_diff']:+.1f} ({arms.loc[(name, t), 'multi_ahead']}"
+                 f"/{arms.loc[(name, t), 'n_pairs']}, p {arms.loc[(name, t), 'wilcoxon_p']:.2f})"
+                 for t in targets]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def control_diagnostic_rows() -> list[str]:
+    """Agreement and cosine per arm, mean over the checkpoints from step 100 on."""
+    curves = pd.read_csv(CONTROL / "agreement_curves.csv")
+    means = curves[curves["step"] >= 100].groupby("algorithm")[["agreement", "cosine"]].mean()
+    return [f"| {name} | {means.loc[name, 'agreement']:.3f} | "
+            f"{means.loc[name + '-single', 'agreement']:.3f} | {means.loc[name, 'cosine']:.3f} | "
+            f"{means.loc[name + '-single', 'cosine']:.3f} |" for name in ARMS]
+
+
+@pytest.mark.skipif(not (CONTROL / "control_arms_iid.csv").is_file(), reason="not analysed yet")
+@pytest.mark.parametrize("rows", [control_arm_rows, control_diagnostic_rows],
+                         ids=["arms", "diagnostics"])
+def test_pretrained_control_tables_are_the_committed_data(rows):
+    readme = table_lines((CONTROL / "README.md").read_text(encoding="utf-8"))
+    expected = rows()
+    assert expected[0] in readme, f"control README lacks {expected[0]!r}"
+    start = readme.index(expected[0])
+    assert readme[start:start + len(expected)] == expected
 
 
 def pretrained_batch_size_claims(batch_csv) -> list[tuple[str, str]]:

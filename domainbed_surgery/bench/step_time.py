@@ -15,11 +15,12 @@ right after another algorithm's step finds the allocator's heap and the caches i
 algorithm's state (measured on the 2-core CPU: several ms for whoever follows ERM's
 batched pass, which the rotation always puts in the same place), unlike any step of a
 training run. So each timed step comes right after ``--settle`` (default 1) untimed steps
-of the same algorithm, as in training. It also pairs the measurements (:mod:`.paired`): ``paired_ratio_to_erm``
-is the median of the per-repetition ratios to ERM's step of the same repetition, and a
-third table compares every surgery algorithm with each reference present (ANDMask, the
-paper's scheme, the per-domain floor) repetition by repetition: the median difference,
-the share of repetitions it was faster and a one-sided Wilcoxon signed-rank p-value.
+of the same algorithm, as in training. It also pairs the measurements (:mod:`.paired`):
+``paired_ratio_to_erm`` is the median of the per-repetition ratios to ERM's step of the
+same repetition, and a third table compares every surgery algorithm with each reference
+present (ANDMask, the paper's scheme, the per-domain floor) repetition by repetition: the
+median difference, the share of repetitions it was faster and a one-sided Wilcoxon
+signed-rank p-value.
 
 Reference rows, implemented here and not registered in DomainBed:
 
@@ -196,7 +197,8 @@ def _parts_once(alg, minibatches, device) -> dict[str, float]:
 
 
 def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: int,
-                warmup: int, seed: int = 0, log=print, settle: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
+                warmup: int, seed: int = 0, log=print,
+                settle: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
     """Benchmark ``algorithm_names`` on ``setting``; rows for the three tables (steps,
     parts, paired comparisons). ``settle`` untimed steps of an algorithm precede each of
     its timed steps (and each timed step of its parts)."""
