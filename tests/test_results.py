@@ -294,6 +294,41 @@ def test_pretrained_control_tables_are_the_committed_data(rows):
     assert readme[start:start + len(expected)] == expected
 
 
+def control_claims() -> list[tuple[str, str]]:
+    """The pretrained control's prose, recomputed from its CSVs."""
+    if not (CONTROL / "control_arms_iid.csv").is_file():
+        return []
+    arms = pd.read_csv(CONTROL / "control_arms_iid.csv", dtype={"target": str})
+    per_target = arms[arms["target"] != "Avg"].groupby("algorithm")[["multi_ahead", "n_pairs"]].sum()
+    avg = arms[arms["target"] == "Avg"].set_index("algorithm")
+    curves = pd.read_csv(CONTROL / "agreement_curves.csv")
+    means = curves[curves["step"] >= 100].groupby("algorithm")[["agreement", "cosine"]].mean()
+    single = means[means.index.str.endswith("-single")]
+    multi = means[~means.index.str.endswith("-single")]
+    per_trial = pd.read_csv(CONTROL / "per_trial_iid.csv", dtype={"target": str})
+    readme = "docs/results/pacs-pretrained/control/README.md"
+    ahead = ", ".join(f"{a} ahead in {per_target.loc[a, 'multi_ahead']} of "
+                      f"{per_target.loc[a, 'n_pairs']}" for a in ARMS)
+    assert (per_trial["algorithm"].str.endswith("-single")).sum() == 72
+    return [
+        (readme, f"each method: {ahead}"),
+        (readme, "Averaged over the four targets: " + ", ".join(
+            f"{a} {avg.loc[a, 'mean_diff']:+.1f}{' points' if a == 'AgrSum' else ''} "
+            f"(p {avg.loc[a, 'wilcoxon_p']:.2f})" for a in ARMS)),
+        (readme, f"two batches of one domain give gradients with a cosine of "
+                 f"{single['cosine'].min():.2f}-{single['cosine'].max():.2f} and agree in sign "
+                 f"on {100 * single['agreement'].min():.0f}-{100 * single['agreement'].max():.0f}% "
+                 f"of the components; batches of three different domains have a cosine of "
+                 f"{multi['cosine'].min():.2f}-{multi['cosine'].max():.2f} and agree on "
+                 f"{100 * multi['agreement'].min():.0f}-{100 * multi['agreement'].max():.0f}%"),
+    ]
+
+
+@pytest.mark.parametrize("document, phrase", control_claims(), ids=lambda v: v[:40])
+def test_pretrained_control_prose_quotes_the_data(document, phrase):
+    assert phrase in text(REPO / document), f"{document} should say: {phrase}"
+
+
 def pretrained_batch_size_claims(batch_csv) -> list[tuple[str, str]]:
     """The pretrained batch-size study's prose, recomputed from its per-trial CSV."""
     from scipy import stats
