@@ -22,11 +22,21 @@ RESULTS = REPO / "docs" / "results" / "pacs64"
 TABLES = {"table1": "ERM", "control": None}
 #: The pretrained regime's tables (docs/results/pacs-pretrained), likewise.
 PRETRAINED_TABLES = {"table1": "ERM", "control": None}
+#: The paper's three rules, in the order the step-time and control tables list them.
+PAPER_RULES = ("AgrSum", "AgrRand", "PCGrad")
 
 
 def table_lines(markdown: str) -> list[str]:
     """The Markdown table's own lines (header, rule, rows)."""
     return [line for line in markdown.splitlines() if line.startswith("|")]
+
+
+def assert_table_block(document: Path, expected: list[str]) -> None:
+    """``expected`` are consecutive lines of a Markdown table in ``document``."""
+    lines = table_lines(document.read_text(encoding="utf-8"))
+    assert expected[0] in lines, f"{document.name} lacks the table row {expected[0]!r}"
+    start = lines.index(expected[0])
+    assert lines[start:start + len(expected)] == expected
 
 
 def committed(folder: Path) -> list[Path]:
@@ -257,7 +267,6 @@ def pretrained_claims() -> list[tuple[str, str]]:
 
 
 CONTROL = PRETRAINED / "control"
-ARMS = ("AgrSum", "AgrRand", "PCGrad")
 
 
 def control_arm_rows() -> list[str]:
@@ -266,7 +275,7 @@ def control_arm_rows() -> list[str]:
         ["algorithm", "target"])
     targets = ["A", "C", "P", "S", "Avg"]
     lines = []
-    for name in ARMS:
+    for name in PAPER_RULES:
         cells = [f"{arms.loc[(name, t), 'mean_diff']:+.1f} ({arms.loc[(name, t), 'multi_ahead']}"
                  f"/{arms.loc[(name, t), 'n_pairs']}, p {arms.loc[(name, t), 'wilcoxon_p']:.2f})"
                  for t in targets]
@@ -274,24 +283,26 @@ def control_arm_rows() -> list[str]:
     return lines
 
 
-def control_diagnostic_rows() -> list[str]:
-    """Agreement and cosine per arm, mean over the checkpoints from step 100 on."""
+def control_diagnostics() -> pd.DataFrame:
+    """Agreement and cosine per arm, mean over the checkpoints from step 100 on (the single
+    arm's step-0 record combines three copies of one batch)."""
     curves = pd.read_csv(CONTROL / "agreement_curves.csv")
-    means = curves[curves["step"] >= 100].groupby("algorithm")[["agreement", "cosine"]].mean()
+    return curves[curves["step"] >= 100].groupby("algorithm")[["agreement", "cosine"]].mean()
+
+
+def control_diagnostic_rows() -> list[str]:
+    """The control README's per-arm diagnostics table."""
+    means = control_diagnostics()
     return [f"| {name} | {means.loc[name, 'agreement']:.3f} | "
             f"{means.loc[name + '-single', 'agreement']:.3f} | {means.loc[name, 'cosine']:.3f} | "
-            f"{means.loc[name + '-single', 'cosine']:.3f} |" for name in ARMS]
+            f"{means.loc[name + '-single', 'cosine']:.3f} |" for name in PAPER_RULES]
 
 
 @pytest.mark.skipif(not (CONTROL / "control_arms_iid.csv").is_file(), reason="not analysed yet")
 @pytest.mark.parametrize("rows", [control_arm_rows, control_diagnostic_rows],
                          ids=["arms", "diagnostics"])
 def test_pretrained_control_tables_are_the_committed_data(rows):
-    readme = table_lines((CONTROL / "README.md").read_text(encoding="utf-8"))
-    expected = rows()
-    assert expected[0] in readme, f"control README lacks {expected[0]!r}"
-    start = readme.index(expected[0])
-    assert readme[start:start + len(expected)] == expected
+    assert_table_block(CONTROL / "README.md", rows())
 
 
 def control_claims() -> list[tuple[str, str]]:
@@ -301,20 +312,19 @@ def control_claims() -> list[tuple[str, str]]:
     arms = pd.read_csv(CONTROL / "control_arms_iid.csv", dtype={"target": str})
     per_target = arms[arms["target"] != "Avg"].groupby("algorithm")[["multi_ahead", "n_pairs"]].sum()
     avg = arms[arms["target"] == "Avg"].set_index("algorithm")
-    curves = pd.read_csv(CONTROL / "agreement_curves.csv")
-    means = curves[curves["step"] >= 100].groupby("algorithm")[["agreement", "cosine"]].mean()
+    means = control_diagnostics()
     single = means[means.index.str.endswith("-single")]
     multi = means[~means.index.str.endswith("-single")]
     per_trial = pd.read_csv(CONTROL / "per_trial_iid.csv", dtype={"target": str})
     readme = "docs/results/pacs-pretrained/control/README.md"
     ahead = ", ".join(f"{a} ahead in {per_target.loc[a, 'multi_ahead']} of "
-                      f"{per_target.loc[a, 'n_pairs']}" for a in ARMS)
+                      f"{per_target.loc[a, 'n_pairs']}" for a in PAPER_RULES)
     assert (per_trial["algorithm"].str.endswith("-single")).sum() == 72
     return [
         (readme, f"each method: {ahead}"),
         (readme, "Averaged over the four targets: " + ", ".join(
             f"{a} {avg.loc[a, 'mean_diff']:+.1f}{' points' if a == 'AgrSum' else ''} "
-            f"(p {avg.loc[a, 'wilcoxon_p']:.2f})" for a in ARMS)),
+            f"(p {avg.loc[a, 'wilcoxon_p']:.2f})" for a in PAPER_RULES)),
         (readme, f"two batches of one domain give gradients with a cosine of "
                  f"{single['cosine'].min():.2f}-{single['cosine'].max():.2f} and agree in sign "
                  f"on {100 * single['agreement'].min():.0f}-{100 * single['agreement'].max():.0f}% "
@@ -376,7 +386,6 @@ STEP_TIME_SETTINGS = {"resnet18-64": "resnet18-64, 3 x 16",
                       "efficientnet_lite0-128": "efficientnet_lite0-128, 3 x 128"}
 STEP_TIME_COLUMNS = ["ERM", "AgrSum", "AgrRand", "PCGrad", "ANDMask", "Fish", "paper-scheme",
                      "per-domain-floor"]
-RULES = ("AgrSum", "AgrRand", "PCGrad")
 
 
 def step_time_rows() -> list[str]:
@@ -398,7 +407,7 @@ def paired_rows() -> list[str]:
     paired = pd.read_csv(STEP_TIME_PAIRED).set_index(["setting", "algorithm", "reference"])
     lines = []
     for setting in STEP_TIME_SETTINGS:
-        for rule in RULES:
+        for rule in PAPER_RULES:
             cells = [f"{paired.loc[(setting, rule, ref), 'median_diff_ms']:+.1f} (p "
                      f"{paired.loc[(setting, rule, ref), 'wilcoxon_p_faster']:.2g})"
                      for ref in ("ANDMask", "paper-scheme")]
@@ -409,17 +418,13 @@ def paired_rows() -> list[str]:
 
 @pytest.mark.parametrize("expected", [step_time_rows, paired_rows], ids=["steps", "paired"])
 def test_readme_step_time_tables_are_the_committed_run(expected):
-    readme = table_lines((REPO / "README.md").read_text(encoding="utf-8"))
-    expected = expected()
-    start = readme.index(expected[0]) if expected[0] in readme else None
-    assert start is not None, f"README lacks the step-time row {expected[0]!r}"
-    assert readme[start:start + len(expected)] == expected
+    assert_table_block(REPO / "README.md", expected())
 
 
 def step_time_claims() -> list[str]:
     """The README's prose on the step-time targets, from the committed benchmark CSVs."""
     paired = pd.read_csv(STEP_TIME_PAIRED)
-    rules = paired[paired["algorithm"].isin(RULES)]
+    rules = paired[paired["algorithm"].isin(PAPER_RULES)]
     versus = rules[rules["reference"].isin(["ANDMask", "paper-scheme"])]
     faster = versus[versus["median_diff_ms"] < 0]
     significant = faster[faster["wilcoxon_p_faster"] < 0.05]

@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from .. import register
 from ..analysis.control import arm_differences
 from ..report import format as fmt
@@ -114,8 +116,6 @@ def _control_arms(per_trial, algorithms, path: Path) -> list[Path]:
     frames = [f for f in frames if not f.empty]
     if not frames:
         return []
-    import pandas as pd  # noqa: PLC0415
-
     arms = pd.concat(frames, ignore_index=True)
     arms = arms[["dataset"] + [c for c in arms.columns if c != "dataset"]]
     print("\nControl (paper Fig. 4): multi minus single arm, accuracy points, paired by target "
