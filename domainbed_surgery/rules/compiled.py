@@ -2,8 +2,8 @@
 
 On the CPU, torch computes Agr-Sum's chunk in about ten passes (min, max, compare, add,
 mask), each reading memory again; the compiled kernel reads each column once and gives
-the same bits (the same additions in the same order). Agr-Rand's noise is written into the
-zeros of its agreeing sum in one read, by each drawing thread. Without Numba, off the CPU,
+the same bits (the same additions in the same order). Agr-Rand's noise is drawn by a
+compiled ziggurat straight into the zeros of its agreeing sum, in one pass. Without Numba, off the CPU,
 for other dtypes or with ``DOMAINBED_SURGERY_COMPILED=0``, the torch code runs instead:
 the same results, slower.
 """
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["enabled", "describe", "applies", "agreeing_sum", "noise_where_zero"]
+__all__ = ["enabled", "describe", "applies", "agreeing_sum", "noise_applies",
+           "noise_where_zero", "standard_normal"]
 
 #: The dtypes the kernels are compiled for.
 DTYPES = (torch.float32, torch.float64)
@@ -83,11 +84,28 @@ def agreeing_sum(grads: Tensor, out: Tensor) -> Optional[tuple[int, float]]:
     return int(conflicts), float(l1)
 
 
-def noise_where_zero(values: Tensor, draws: Tensor, scale: Tensor) -> None:
-    """``values = where(values == 0, draws * scale, values)`` (1-D, in place; ``draws`` is
-    used up). Compiled: one serial read of each, callable from several threads at once."""
-    if _usable(values, draws, scale) and values.shape == draws.shape:
-        _loaded().noise_where_zero(values.numpy(), draws.numpy(),
-                                   values.numpy().dtype.type(scale.item()))
-        return
-    torch.where(values == 0, draws.mul_(scale), values, out=values)
+def noise_applies(values: Tensor) -> bool:
+    """Whether :func:`noise_where_zero` runs compiled for ``values``: enabled, CPU, float32
+    (the ziggurat's 23-bit variant), contiguous, 1-D."""
+    return values.dim() == 1 and values.dtype == torch.float32 and _usable(values)
+
+
+def noise_where_zero(values: Tensor, seed: int, scale: float) -> bool:
+    """``values = where(values == 0, scale * z, values)``, in place, with ``z`` N(0, 1)
+    draws of the compiled ziggurat from ``seed`` (a 64-bit integer; the same bits for any
+    thread count); False (nothing written) where it does not :func:`noise_applies`."""
+    if not noise_applies(values):
+        return False
+    kernels = _loaded()
+    _run(kernels.noise_where_zero, values.numpy(), np.uint64(seed), np.float32(scale),
+         kernels.KI, kernels.WI, kernels.FI)
+    return True
+
+
+def standard_normal(n: int, seed: int) -> Tensor:
+    """``n`` N(0, 1) float32 draws of :func:`noise_where_zero` from ``seed`` (the draws it
+    would scale at every column): what the generator's tests examine."""
+    values = torch.zeros(n)
+    if not noise_where_zero(values, seed, 1.0):
+        raise RuntimeError("the compiled kernels are not enabled")
+    return values

@@ -144,8 +144,8 @@ def combine_in_one_pass(rule: Rule, grads: Tensor, generator: Optional[torch.Gen
     :meth:`~.interface.ElementwiseRule.finish` completes it (Agr-Rand's noise); any other
     rule runs after the pass (a Gramian rule with the Gram matrix, computed for it
     whatever ``diagnostics`` says: one ``weights @ grads`` product). Same result as calling
-    the rule (bitwise for Agr-Sum and the Gramian rules; Agr-Rand draws its noise by parts,
-    each from its own generator, so its noise differs but not its distribution). Raises
+    the rule (bitwise for Agr-Sum and the Gramian rules; Agr-Rand's noise comes from the
+    compiled ziggurat on the CPU, so its draws differ but not their distribution). Raises
     ``FloatingPointError`` on a non-finite row before the rule runs.
     """
     fused = isinstance(rule, ElementwiseRule) and grads.shape[0] > 1  # N = 1: the gradient

@@ -68,8 +68,8 @@ def fused_agr_rand(grads, seed):
 
 
 def test_fused_noise_is_the_same_for_any_number_of_threads():
-    """The fast path draws its noise by parts in parallel threads, one generator each, all
-    seeded from the run's generator: the thread count must not change the update."""
+    """The fast path draws its noise in parallel column blocks, one stream each, all seeded
+    from the run's generator: the thread count must not change the update."""
     grads = torch.randn(3, 3 * rules.kernels.CHUNK + 17, generator=gen(5))
     threads = torch.get_num_threads()
     try:

@@ -1,11 +1,15 @@
 """The compiled CPU kernels (:mod:`domainbed_surgery.rules.compiled`) against the torch code
-they stand in for: the same bits, across block and chunk boundaries, for any thread count."""
+they stand in for: the same bits, across block and chunk boundaries, for any thread count;
+Agr-Rand's ziggurat against its tables' definition and the normal distribution."""
+
+import math
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from domainbed_surgery import rules
 from domainbed_surgery.rules import compiled
@@ -99,30 +103,85 @@ def test_agreeing_sum_does_not_depend_on_the_thread_count():
     assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
 
 
-@pytest.mark.parametrize("p", [12, 1000])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_noise_where_zero_is_torchs_where(p, dtype, monkeypatch):
-    """Zeros (+0.0 and -0.0) get ``draw * scale``, the rest stays: torch's bits."""
-    values = with_zeros(1, p, seed=p, dtype=dtype, zero_share=0.5)[0]
-    draws = torch.randn(p, generator=gen(p), dtype=dtype)
-    scale = torch.tensor(0.37, dtype=dtype)
-    fast = values.clone()
-    compiled.noise_where_zero(fast, draws.clone(), scale)
-    monkeypatch.setenv("DOMAINBED_SURGERY_COMPILED", "0")
-    slow = values.clone()
-    compiled.noise_where_zero(slow, draws.clone(), scale)
-    assert torch.equal(fast, slow)
+def test_ziggurat_tables_are_marsaglia_tsangs():
+    """The 256 layers of exp(-x^2/2): NumPy's float tables at known entries, and every
+    layer of the same area (the construction's defining property)."""
+    from domainbed_surgery.rules import _numba
+
+    ki, wi, fi = _numba.KI, _numba.WI, _numba.FI
+    # numpy/random/src/distributions/ziggurat_constants.h
+    assert (ki[0], ki[1], ki[2]) == (0x007799EC, 0, 0x006045F4)
+    assert wi[0] == np.float32(4.66198677960027669e-07)
+    assert wi[1] == np.float32(2.56588335019207033e-08)
+    assert fi[1] == np.float32(0.977101701267671596)
+    r = _numba.ZIGGURAT_R
+    x = wi.astype(np.float64) * 2**23  # layer i's right edge, for i >= 1
+    f = np.exp(-0.5 * x**2)
+    area = r * np.exp(-0.5 * r * r) + np.sqrt(np.pi / 2) * math.erfc(r / np.sqrt(2))
+    layers = x[2:] * (f[1:-1] - f[2:])  # between edges i - 1 and i
+    np.testing.assert_allclose(layers, area, rtol=1e-4)  # edges rounded to float32
+    assert x[255] == pytest.approx(r) and (np.diff(x[1:]) > 0).all()
+
+
+def test_noise_where_zero_fills_exactly_the_zeros():
+    """+0.0 and -0.0 become ``scale`` times the column's N(0, 1) draw; the rest stays."""
+    values = with_zeros(1, 3 * block() + 5, seed=2, zero_share=0.5)[0]
     zeros = values == 0
-    assert zeros.any() and (~zeros).any()
-    assert torch.equal(fast[~zeros], values[~zeros])
-    assert torch.equal(fast[zeros], (draws * scale)[zeros])
+    filled = values.clone()
+    assert compiled.noise_where_zero(filled, seed=77, scale=0.37)
+    z = compiled.standard_normal(values.numel(), seed=77)
+    assert torch.equal(filled[~zeros], values[~zeros])
+    assert torch.equal(filled[zeros], z[zeros] * np.float32(0.37))
+    assert (filled[zeros] != 0).float().mean() > 0.999
+
+
+def test_compiled_normal_draws_are_standard_normal():
+    """2 M draws: Kolmogorov-Smirnov, 100 equiprobable bins, the first two moments and the
+    share beyond the ziggurat's base (|z| > R: the tail path) against N(0, 1)."""
+    from domainbed_surgery.rules import _numba
+
+    n = 2_000_000
+    z = compiled.standard_normal(n, seed=2021).double().numpy()
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    bins = np.searchsorted(stats.norm.ppf(np.linspace(0, 1, 101)[1:-1]), z)
+    assert stats.chisquare(np.bincount(bins, minlength=100)).pvalue > 1e-3
+    assert abs(z.mean()) < 4 / n**0.5 and abs(z.var() - 1) < 4 * (2 / n) ** 0.5
+    beyond = int((np.abs(z) > _numba.ZIGGURAT_R).sum())
+    expected = 2 * stats.norm.sf(_numba.ZIGGURAT_R)
+    assert beyond > 0 and stats.binomtest(beyond, n, expected).pvalue > 1e-3
+
+
+def test_compiled_normal_streams():
+    """One seed, one sequence; another seed, other draws; neighbouring column blocks (each
+    its own stream) and the two words of one 64-bit output uncorrelated."""
+    n = 4 * block()
+    z = compiled.standard_normal(n, seed=5)
+    assert torch.equal(z, compiled.standard_normal(n, seed=5))
+    assert not torch.equal(z, compiled.standard_normal(n, seed=6))
+    bound = 4 / block() ** 0.5
+    blocks = z.view(4, block()).double()
+    for a, b in zip(blocks[:-1], blocks[1:]):
+        assert abs(np.corrcoef(a, b)[0, 1]) < bound
+    pairs = z.view(-1, 2).double()
+    assert abs(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]) < 4 / (n / 2) ** 0.5
+
+
+def test_noise_where_zero_declines_what_it_is_not_compiled_for():
+    """float64 (the ziggurat is the 23-bit one), strided, off the CPU: nothing written; the
+    rule then draws with torch."""
+    assert not compiled.noise_where_zero(torch.zeros(10, dtype=torch.float64), 1, 1.0)
+    assert not compiled.noise_where_zero(torch.zeros(10)[::2], 1, 1.0)
+    assert not compiled.noise_applies(torch.zeros(10, device="meta"))
+    g = torch.tensor([[1.0, 2.0, -1.0], [1.0, -2.0, -1.0]], dtype=torch.float64)
+    out, _ = rules.combine_in_one_pass(rules.get("AgrRand")(), g, gen(0))
+    assert out[[0, 2]].tolist() == [2.0, -2.0] and out[1] != 0
 
 
 @pytest.mark.parametrize("name", ["AgrSum", "AgrRand"])
 def test_one_pass_gives_the_same_update_with_and_without_the_kernels(name, monkeypatch):
     """The compiled path and the torch path of a step: the same update (Agr-Rand: the same
-    noise in the same places; its sigma may differ in the last bit from a float64 sum taken
-    in another order), the same count, the same Gram matrix."""
+    agreeing sums, noise in the same places with the same scale, from another generator),
+    the same count, the same Gram matrix."""
     g = with_zeros(3, 2 * rules.CHUNK + 3 * block() + 11, seed=9)
     rule = rules.get(name)()
     fast, fast_pass = rules.combine_in_one_pass(rule, g, gen(4))
@@ -131,9 +190,12 @@ def test_one_pass_gives_the_same_update_with_and_without_the_kernels(name, monke
     if name == "AgrSum":
         assert torch.equal(fast, slow)
     else:
-        torch.testing.assert_close(fast, slow, rtol=1e-6, atol=0)
         mask = rules.agreement_mask(g)
         assert torch.equal(fast[mask], slow[mask])
+        assert (fast[~mask] != 0).all() and (slow[~mask] != 0).all()
+        sigma = fast[mask].double().abs().mean()
+        for noise in (fast[~mask], slow[~mask]):
+            assert stats.kstest((noise.double() / sigma).numpy(), "norm").pvalue > 1e-3
     assert fast_pass.n_agree.item() == slow_pass.n_agree.item()
     assert torch.equal(fast_pass.gram, slow_pass.gram)
 
