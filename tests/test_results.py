@@ -447,3 +447,31 @@ def step_time_claims() -> list[str]:
 @pytest.mark.parametrize("phrase", step_time_claims(), ids=lambda v: v[:40])
 def test_readme_step_time_prose_quotes_the_run(phrase):
     assert phrase in text(REPO / "README.md"), f"README.md should say: {phrase}"
+
+
+ZIGGURAT = STEP_TIME.with_name("ziggurat")
+
+
+def noise_costs() -> dict[tuple[str, str], float]:
+    """Agr-Rand's noise in the before/after runs of the compiled ziggurat: its combination
+    without diagnostics minus Agr-Sum's (ms), by (setting, before/new), mean of two runs."""
+    costs = {}
+    for version in ("before", "new"):
+        runs = []
+        for path in sorted(ZIGGURAT.glob(f"parts_{version}_*.csv")):
+            parts = pd.read_csv(path)
+            parts = parts[parts["part"] == "combine_no_diagnostics"]
+            wide = parts.pivot(index="setting", columns="algorithm", values="median_ms")
+            runs.append(wide["AgrRand"] - wide["AgrSum"])
+        assert len(runs) == 2
+        for setting, cost in (sum(runs) / len(runs)).items():
+            costs[(setting, version)] = cost
+    return costs
+
+
+def test_readme_quotes_the_ziggurat_before_and_after():
+    costs = noise_costs()
+    phrase = "; ".join(f"{setting} {costs[(setting, 'before')]:.1f} -> {costs[(setting, 'new')]:.1f} ms"
+                       for setting in STEP_TIME_SETTINGS)
+    assert phrase in text(REPO / "README.md"), f"README.md should say: {phrase}"
+    assert all(costs[(s, "new")] < costs[(s, "before")] for s in STEP_TIME_SETTINGS)
