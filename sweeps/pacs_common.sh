@@ -19,6 +19,12 @@ hparams_json() {  # BATCH_SIZE [EXTRA]
     echo "{$json}"
 }
 HPARAMS=$(hparams_json "$BATCH_SIZE")
+# IRM's and Fishr's penalty warm-ups (DomainBed: 500 and 1,500 of its 5,000 steps) scaled to
+# STEPS: at DomainBed's values a 300-step run never reaches the full penalty (IRM trains
+# with weight 1 instead of irm_lambda, Fishr with weight 0, i.e. ERM's objective).
+anneal_hparams() {  # STEPS
+    echo "\"irm_penalty_anneal_iters\": $(( (500 * $1 + 2500) / 5000 )), \"penalty_anneal_iters\": $(( (1500 * $1 + 2500) / 5000 ))"
+}
 launch() {  # extra arguments of the sweep: --algorithms ... --hparams ...
     python -m domainbed_surgery.scripts.sweep launch \
         --datasets "$DATASET" --single_test_envs --test_envs $TARGETS \
