@@ -471,7 +471,8 @@ def noise_costs() -> dict[tuple[str, str], float]:
 
 def test_readme_quotes_the_ziggurat_before_and_after():
     costs = noise_costs()
-    phrase = "; ".join(f"{setting} {costs[(setting, 'before')]:.1f} -> {costs[(setting, 'new')]:.1f} ms"
-                       for setting in STEP_TIME_SETTINGS)
+    phrase = "; ".join(
+        f"{setting} {costs[(setting, 'before')]:.1f} -> {costs[(setting, 'new')]:.1f} ms"
+        for setting in STEP_TIME_SETTINGS)
     assert phrase in text(REPO / "README.md"), f"README.md should say: {phrase}"
     assert all(costs[(s, "new")] < costs[(s, "before")] for s in STEP_TIME_SETTINGS)

@@ -63,7 +63,7 @@ def agreeing_sum(rows, out):  # pragma: no cover - compiled
 
 # -- Agr-Rand's noise: N(0, 1) draws by Marsaglia & Tsang's ziggurat -----------------------
 # The float32 variant of NumPy's ``random_standard_normal_f`` (256 layers; one 32-bit word
-# gives the layer, the sign and a 23-bit magnitude; 99.3% of draws end at the first table
+# gives the layer, the sign and a 23-bit magnitude; 98.5% of draws end at the first table
 # test), fed by SplitMix64 (Steele, Lea & Flood 2014): each BLOCK of columns has its own
 # stream, seeded from the step's seed and the block's index, so no draw depends on the
 # thread count. Each 64-bit output is two words.
@@ -119,7 +119,7 @@ def _unit(word):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _ziggurat_rest(state, layer, x, negative, ki, wi, fi):  # pragma: no cover - compiled
-    """The ziggurat after a first test that failed (0.7% of draws): the tail (layer 0) or
+    """The ziggurat after a first test that failed (1.5% of draws): the tail (layer 0) or
     the wedge test, else a fresh word; further words come from ``state`` (SplitMix64).
     Returns (state, draw)."""
     while True:

@@ -3,9 +3,9 @@
 On the CPU, torch computes Agr-Sum's chunk in about ten passes (min, max, compare, add,
 mask), each reading memory again; the compiled kernel reads each column once and gives
 the same bits (the same additions in the same order). Agr-Rand's noise is drawn by a
-compiled ziggurat straight into the zeros of its agreeing sum, in one pass. Without Numba, off the CPU,
-for other dtypes or with ``DOMAINBED_SURGERY_COMPILED=0``, the torch code runs instead:
-the same results, slower.
+compiled ziggurat straight into the zeros of its agreeing sum, in one pass. Without Numba,
+off the CPU, for other dtypes or with ``DOMAINBED_SURGERY_COMPILED=0``, the torch code runs
+instead: the same results, slower.
 """
 
 from __future__ import annotations
