@@ -190,8 +190,11 @@ def test_ctrl_c_to_the_waiting_launcher_cancels_running_and_pending_tasks(slurm_
     the launcher cancels both, waits until Slurm lists neither, and ends by the SIGINT
     (``KeyboardInterrupt`` re-raised: a shell sees status 130)."""
     env = dict(slurm_env, DOMAINBED_SLURM_WAIT="1", DOMAINBED_SLURM_ARRAY_PARALLELISM="1")
+    # As at a terminal: SIGINT at its default in the launcher, also when this test run was
+    # started in the background (SIGINT ignored, inherited), which the launcher keeps.
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCH_SLEEPS], env=env, cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         logs = tmp_path / "logs"
         array = wait_for(lambda: logs.is_dir() and next(logs.glob("*_0"), None), 120,
@@ -386,3 +389,5 @@ def test_waiting_launcher_reports_jobs_that_can_never_end_well(slurm, tmp_path, 
     err = capsys.readouterr().err
     assert "can never start: pending with reason PartitionConfig" in err
     assert "0 succeeded, 1 failed" in err
+    never = err.split("FAILED job ")[1].split(":")[0]
+    assert not listed(never), f"job {never} left pending for ever in the queue"
