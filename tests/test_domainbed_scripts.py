@@ -148,31 +148,41 @@ def test_paper_preset_is_the_authors_protocol(domainbed, subprocess_env, tmp_pat
     assert {int(j.split("--trial_seed ")[1].split()[0]) for j in jobs} == set(range(20))
 
 
-@pytest.mark.parametrize("steps, irm, fishr", [(None, 30, 90), ("1000", 100, 300)])
-def test_pretrained_preset_scales_the_penalty_warm_ups(domainbed, subprocess_env, tmp_path,
-                                                       steps, irm, fishr):
+def test_pretrained_preset_scales_the_penalty_warm_ups(domainbed, subprocess_env, tmp_path):
     """sweeps/pacs_pretrained_table1.sh: IRM's and Fishr's warm-ups are DomainBed's (500 and
-    1,500 of 5,000 steps) scaled to the run's steps, so that they reach their full penalty
-    as in DomainBed; every other job keeps Table 1's hparams (and so its job folders)."""
+    1,500 of 5,000 steps) scaled to the run's 300 steps, so that they reach their full
+    penalty as in DomainBed; every other job keeps Table 1's hparams (and so its job folders)."""
     from conftest import REPO
 
     env = dict(subprocess_env, LAUNCHER="dummy", DATA_DIR=str(tmp_path), OUT=str(tmp_path / "p"))
-    if steps:
-        env["STEPS"] = steps
     proc = subprocess.run(["bash", str(REPO / "sweeps" / "pacs_pretrained_table1.sh")],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     jobs = [line for line in proc.stdout.splitlines() if line.startswith("Dummy launcher:")]
     counts = {}
     table1 = {"batch_size": 128, "data_augmentation": False, "frozen_prefix": "blocks.5"}
+    warm_ups = {"irm_penalty_anneal_iters": 30, "penalty_anneal_iters": 90}
     for job in jobs:
         algorithm = job.split("--algorithm ")[1].split()[0]
         counts[algorithm] = counts.get(algorithm, 0) + 1
         hparams = json.loads(job.split("--hparams ", 1)[1].split("'")[1])
-        warm_ups = {"irm_penalty_anneal_iters": irm, "penalty_anneal_iters": fishr}
         assert hparams == ({**table1, **warm_ups} if algorithm in ("IRM", "Fishr") else table1), job
     assert counts == {**{a: 24 for a in ("ERM", "AgrSum", "AgrRand", "PCGrad")},
                       **{a: 12 for a in ("IRM", "GroupDRO", "Mixup", "MLDG", "Fish", "Fishr",
                                          "UPGrad", "MGDA", "CAGrad")}}, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("steps, irm, fishr", [(300, 30, 90), (1000, 100, 300),
+                                               (5000, 500, 1500), (333, 33, 100)])
+def test_penalty_warm_ups_are_domainbeds_share_of_the_steps(steps, irm, fishr):
+    """anneal_hparams (sweeps/pacs_common.sh): 10% and 30% of the steps, rounded; at
+    DomainBed's 5,000 steps its own defaults."""
+    from conftest import REPO
+
+    proc = subprocess.run(["bash", "-c", f'source "$0"; anneal_hparams {steps}',
+                           str(REPO / "sweeps" / "pacs_common.sh")],
+                          capture_output=True, text=True, timeout=60)
+    assert json.loads("{" + proc.stdout.strip() + "}") == {
+        "irm_penalty_anneal_iters": irm, "penalty_anneal_iters": fishr}, proc.stderr
 
 
 def _rule_names():
