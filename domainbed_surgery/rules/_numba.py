@@ -117,6 +117,19 @@ def _unit(word):  # pragma: no cover - compiled
     return (np.float64(word >> np.uint64(40)) + 1.0) * (1.0 / 16777216.0)
 
 
+@njit(inline="always")
+def _first_test(word, ki, wi):  # pragma: no cover - compiled
+    """A 32-bit ``word``'s layer, sign and candidate ``x``, and whether the first table test
+    accepts it."""
+    layer = np.int64(word & np.uint64(0xFF))
+    negative = (word >> np.uint64(8)) & np.uint64(1)
+    magnitude = np.uint32(word >> np.uint64(9))
+    x = np.float32(magnitude) * wi[layer]
+    if negative:
+        x = -x
+    return layer, negative, x, magnitude < ki[layer]
+
+
 @njit(cache=True)
 def _ziggurat_rest(state, layer, x, negative, ki, wi, fi):  # pragma: no cover - compiled
     """The ziggurat after a first test that failed (1.5% of draws): the tail (layer 0) or
@@ -137,27 +150,16 @@ def _ziggurat_rest(state, layer, x, negative, ki, wi, fi):  # pragma: no cover -
         if (fi[layer - 1] - fi[layer]) * u + fi[layer] < math.exp(-0.5 * np.float64(x) * x):
             return state, x
         state += _GAMMA
-        word = _mix(state) & _LOW32
-        layer = np.int64(word & np.uint64(0xFF))
-        negative = (word >> np.uint64(8)) & np.uint64(1)
-        magnitude = np.uint32(word >> np.uint64(9))
-        x = np.float32(magnitude) * wi[layer]
-        if negative:
-            x = -x
-        if magnitude < ki[layer]:
+        layer, negative, x, accepted = _first_test(_mix(state) & _LOW32, ki, wi)
+        if accepted:
             return state, x
 
 
 @njit(inline="always")
 def _normal(word, state, ki, wi, fi):  # pragma: no cover - compiled
     """One N(0, 1) float32 draw from a 32-bit ``word`` (and ``state`` if it is rejected)."""
-    layer = np.int64(word & np.uint64(0xFF))
-    negative = (word >> np.uint64(8)) & np.uint64(1)
-    magnitude = np.uint32(word >> np.uint64(9))
-    x = np.float32(magnitude) * wi[layer]
-    if negative:
-        x = -x
-    if magnitude < ki[layer]:
+    layer, negative, x, accepted = _first_test(word, ki, wi)
+    if accepted:
         return state, x
     return _ziggurat_rest(state, layer, x, negative, ki, wi, fi)
 
