@@ -109,19 +109,30 @@ def test_our_sweep_adds_checkpoint_freq_to_every_job(domainbed, subprocess_env, 
                for c in commands)
 
 
-def test_presets_launch(domainbed, subprocess_env, tmp_path):
-    """Every preset runs its sweep to the launcher (DomainBed's dummy launcher: no training)."""
+def launch_preset(preset, subprocess_env, tmp_path, out):
+    """Run ``sweeps/<preset>`` to DomainBed's dummy launcher (no training); returns the
+    process and the job lines it printed."""
     from conftest import REPO
 
+    env = dict(subprocess_env, LAUNCHER="dummy", DATA_DIR=str(tmp_path), OUT=str(tmp_path / out))
+    proc = subprocess.run(["bash", str(REPO / "sweeps" / preset)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    return proc, [line for line in proc.stdout.splitlines() if line.startswith("Dummy launcher:")]
+
+
+def job_hparams(job):
+    """The ``--hparams`` JSON of one dummy-launcher job line."""
+    return json.loads(job.split("--hparams ", 1)[1].split("'")[1])
+
+
+def test_presets_launch(domainbed, subprocess_env, tmp_path):
+    """Every preset runs its sweep to the launcher (DomainBed's dummy launcher: no training)."""
     # paper_table1.sh (1920 jobs) is launched by test_paper_preset_is_the_authors_protocol
     expected = {"control_single_vs_multi.sh": 72, "pacs_table1.sh": 48,
                 "pacs_control.sh": 72, "pacs_batch_size.sh": 12}
     for preset, n_jobs in expected.items():
-        env = dict(subprocess_env, LAUNCHER="dummy", DATA_DIR=str(tmp_path),
-                   OUT=str(tmp_path / preset))
-        proc = subprocess.run(["bash", str(REPO / "sweeps" / preset)], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.stdout.count("Dummy launcher:") == n_jobs, proc.stderr[-2000:]
+        proc, jobs = launch_preset(preset, subprocess_env, tmp_path, preset)
+        assert len(jobs) == n_jobs, proc.stderr[-2000:]
         # no job ran, so the closing report has nothing to read and says so
         assert "no results.jsonl records" in proc.stderr + proc.stdout
 
@@ -130,16 +141,11 @@ def test_paper_preset_is_the_authors_protocol(domainbed, subprocess_env, tmp_pat
     """sweeps/paper_table1.sh: no data augmentation (the authors' code has none), AlexNet
     pretrained, Adam lr 1e-5 / weight decay 5e-5, 128 per domain, 1000 steps, validation
     every 20 steps, 20 trials of fixed hparams, for every job."""
-    from conftest import REPO
-
-    env = dict(subprocess_env, LAUNCHER="dummy", DATA_DIR=str(tmp_path), OUT=str(tmp_path / "p"))
-    proc = subprocess.run(["bash", str(REPO / "sweeps" / "paper_table1.sh")], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    jobs = [line for line in proc.stdout.splitlines() if line.startswith("Dummy launcher:")]
+    proc, jobs = launch_preset("paper_table1.sh", subprocess_env, tmp_path, "p")
     assert len(jobs) == 1920, proc.stderr[-2000:]
     assert "no results.jsonl records" in proc.stderr + proc.stdout  # the report ran
     for job in jobs:
-        hparams = json.loads(job.split("--hparams ", 1)[1].split("'")[1])
+        hparams = job_hparams(job)
         assert hparams == {"backbone": "alexnet", "pretrained": True, "lr": 1e-5,
                            "weight_decay": 5e-5, "batch_size": 128,
                            "data_augmentation": False}, job
@@ -152,19 +158,14 @@ def test_pretrained_preset_scales_the_penalty_warm_ups(domainbed, subprocess_env
     """sweeps/pacs_pretrained_table1.sh: IRM's and Fishr's warm-ups are DomainBed's (500 and
     1,500 of 5,000 steps) scaled to the run's 300 steps, so that they reach their full
     penalty as in DomainBed; every other job keeps Table 1's hparams (and so its job folders)."""
-    from conftest import REPO
-
-    env = dict(subprocess_env, LAUNCHER="dummy", DATA_DIR=str(tmp_path), OUT=str(tmp_path / "p"))
-    proc = subprocess.run(["bash", str(REPO / "sweeps" / "pacs_pretrained_table1.sh")],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    jobs = [line for line in proc.stdout.splitlines() if line.startswith("Dummy launcher:")]
+    proc, jobs = launch_preset("pacs_pretrained_table1.sh", subprocess_env, tmp_path, "p")
     counts = {}
     table1 = {"batch_size": 128, "data_augmentation": False, "frozen_prefix": "blocks.5"}
     warm_ups = {"irm_penalty_anneal_iters": 30, "penalty_anneal_iters": 90}
     for job in jobs:
         algorithm = job.split("--algorithm ")[1].split()[0]
         counts[algorithm] = counts.get(algorithm, 0) + 1
-        hparams = json.loads(job.split("--hparams ", 1)[1].split("'")[1])
+        hparams = job_hparams(job)
         assert hparams == ({**table1, **warm_ups} if algorithm in ("IRM", "Fishr") else table1), job
     assert counts == {**{a: 24 for a in ("ERM", "AgrSum", "AgrRand", "PCGrad")},
                       **{a: 12 for a in ("IRM", "GroupDRO", "Mixup", "MLDG", "Fish", "Fishr",
