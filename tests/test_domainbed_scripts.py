@@ -172,6 +172,46 @@ def test_pretrained_preset_scales_the_penalty_warm_ups(domainbed, subprocess_env
                                          "UPGrad", "MGDA", "CAGrad")}}, proc.stderr[-2000:]
 
 
+def test_gpu_preset_is_the_full_size_protocol_and_makes_the_pilots_jobs(
+        domainbed, subprocess_env, tmp_path):
+    """sweeps/pacs_pretrained_gpu.sh: the paper's four methods x 4 targets x 10 trials on
+    DomainBed's PACS (224 px), EfficientNet-Lite0 pretrained, full fine-tuning, 128 per
+    domain, 1,000 steps; with the pilot's sizes it makes the committed pilot's two jobs,
+    argument for argument (DomainBed's seeds included), all but the data and output folders."""
+    import shlex
+    import tarfile
+
+    from conftest import REPO
+
+    hparams = {"backbone": "efficientnet_lite0", "pretrained": True, "batch_size": 128,
+               "data_augmentation": False}
+    proc, jobs = launch_preset("pacs_pretrained_gpu.sh", subprocess_env, tmp_path, "full")
+    assert len(jobs) == 4 * 4 * 10, proc.stderr[-2000:]
+    for job in jobs:
+        assert job_hparams(job) == hparams, job
+        assert "--dataset PACS " in job and "--steps 1000 " in job and "--checkpoint_freq 100 " in job
+    pilot_env = dict(subprocess_env, TARGETS="3", N_TRIALS="1", ALGORITHMS="ERM AgrSum")
+    proc, jobs = launch_preset("pacs_pretrained_gpu.sh", pilot_env, tmp_path, "pilot")
+    made = {}
+    for job in jobs:
+        words = shlex.split(job.split("Dummy launcher: ", 1)[1])[3:]
+        args = dict(zip(words[::2], words[1::2]))
+        made[args["--algorithm"]] = args
+    archive = REPO / "docs" / "results" / "pacs-pretrained" / "gpu_pilot" / "runs.tar.gz"
+    with tarfile.open(archive) as tar:
+        runs = [json.loads(tar.extractfile(m).readline())["args"]
+                for m in tar.getmembers() if m.name.endswith("results.jsonl")]
+    assert sorted(made) == sorted(run["algorithm"] for run in runs) == ["AgrSum", "ERM"]
+    for run in runs:
+        args = made[run["algorithm"]]
+        for key, value in args.items():
+            if key in ("--data_dir", "--output_dir"):
+                continue
+            expected = run[key[2:]]
+            expected = " ".join(map(str, expected)) if isinstance(expected, list) else str(expected)
+            assert value == expected, (run["algorithm"], key)
+
+
 @pytest.mark.parametrize("steps, irm, fishr", [(300, 30, 90), (1000, 100, 300),
                                                (5000, 500, 1500), (333, 33, 100)])
 def test_penalty_warm_ups_are_domainbeds_share_of_the_steps(steps, irm, fishr):

@@ -21,7 +21,7 @@ RESULTS = REPO / "docs" / "results" / "pacs64"
 #: Experiment folder -> the baseline its report tested against (None: no test).
 TABLES = {"table1": "ERM", "control": None}
 #: The pretrained regime's tables (docs/results/pacs-pretrained), likewise.
-PRETRAINED_TABLES = {"table1": "ERM", "control": None}
+PRETRAINED_TABLES = {"table1": "ERM", "control": None, "gpu_pilot": "ERM"}
 #: The paper's three rules, in the order the step-time and control tables list them.
 PAPER_RULES = ("AgrSum", "AgrRand", "PCGrad")
 
@@ -263,7 +263,38 @@ def pretrained_claims() -> list[tuple[str, str]]:
             ("README.md", f"ERM leads AgrSum by {lead['AgrSum']:.1f} points, PCGrad by "
                           f"{lead['PCGrad']:.1f} and AgrRand by {lead['AgrRand']:.1f}"),
         ]
+    if (PRETRAINED / "gpu_pilot" / "per_trial_iid.csv").is_file():
+        claims += gpu_pilot_claims(PRETRAINED / "gpu_pilot", table1)
     return claims
+
+
+def gpu_pilot_claims(folder: Path, table1: Path) -> list[tuple[str, str]]:
+    """The full-size GPU pilot's prose (one trial of ERM and AgrSum on sketch), recomputed
+    from its per-trial CSV and agreement curves, and the CPU regime's from Table 1's."""
+    pilot = pd.read_csv(folder / "per_trial_iid.csv").set_index("algorithm")["acc"]
+    cpu = pd.read_csv(table1 / "per_trial_iid.csv")
+    cpu_s = cpu[cpu["target"] == "S"]
+    cpu0 = cpu_s[cpu_s["trial_seed"] == 0].set_index("algorithm")["acc"]
+    curve = pd.read_csv(folder / "agreement_curves.csv").set_index("step")
+    cpu_curve = pd.read_csv(table1 / "agreement_curves.csv")
+    cpu_curve = cpu_curve[(cpu_curve["algorithm"] == "AgrSum") & (cpu_curve["test_env"] == 3)]
+    cpu_curve = cpu_curve.groupby("step")[["agreement", "cosine"]].mean()
+    first, last = curve.index.min(), curve.index.max()
+    readme = "docs/results/pacs-pretrained/gpu_pilot/README.md"
+    return [
+        (readme, f"| S | **{pilot['ERM']:.1f} (n=1)** | {pilot['AgrSum']:.1f} (n=1) |"),
+        (readme, f"ERM reaches {pilot['ERM']:.1f}% on sketch, against {cpu0['ERM']:.1f}% for the "
+                 f"same trial in the CPU regime ({cpu_s[cpu_s['algorithm'] == 'ERM']['acc'].mean():.1f}%"),
+        (readme, f"**AgrSum is {pilot['ERM'] - pilot['AgrSum']:.1f} points below ERM**"),
+        (readme, f"was {cpu0['ERM'] - cpu0['AgrSum']:.1f} points below (AgrSum "
+                 f"{cpu0['AgrSum']:.1f}%, ERM {cpu0['ERM']:.1f}%)"),
+        (readme, f"from {curve.loc[first, 'agreement']:.3f} at step {first} to "
+                 f"{curve.loc[last, 'agreement']:.3f} at step {last}"),
+        (readme, f"cosine from {curve.loc[first, 'cosine']:.3f} to {curve.loc[last, 'cosine']:.3f}"),
+        (readme, f"sketch runs: {cpu_curve['agreement'].iloc[0]:.3f} to "
+                 f"{cpu_curve['agreement'].iloc[-1]:.3f} and {cpu_curve['cosine'].iloc[0]:.3f} to "
+                 f"{cpu_curve['cosine'].iloc[-1]:.3f}"),
+    ]
 
 
 CONTROL = PRETRAINED / "control"
