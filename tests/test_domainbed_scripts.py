@@ -176,8 +176,9 @@ def test_gpu_preset_is_the_full_size_protocol_and_makes_the_pilots_jobs(
         domainbed, subprocess_env, tmp_path):
     """sweeps/pacs_pretrained_gpu.sh: the paper's four methods x 4 targets x 10 trials on
     DomainBed's PACS (224 px), EfficientNet-Lite0 pretrained, full fine-tuning, 128 per
-    domain, 1,000 steps; with the pilot's sizes it makes the committed pilot's two jobs,
-    argument for argument (DomainBed's seeds included), all but the data and output folders."""
+    domain, 1,000 steps; among its jobs are the committed pilot's two (ERM and AgrSum,
+    target 3, trial 0), argument for argument (DomainBed's seeds included), all but the
+    data and output folders."""
     import shlex
     import tarfile
 
@@ -187,23 +188,24 @@ def test_gpu_preset_is_the_full_size_protocol_and_makes_the_pilots_jobs(
                "data_augmentation": False}
     proc, jobs = launch_preset("pacs_pretrained_gpu.sh", subprocess_env, tmp_path, "full")
     assert len(jobs) == 4 * 4 * 10, proc.stderr[-2000:]
-    for job in jobs:
-        assert job_hparams(job) == hparams, job
-        assert "--dataset PACS " in job and "--steps 1000 " in job and "--checkpoint_freq 100 " in job
-    pilot_env = dict(subprocess_env, TARGETS="3", N_TRIALS="1", ALGORITHMS="ERM AgrSum")
-    proc, jobs = launch_preset("pacs_pretrained_gpu.sh", pilot_env, tmp_path, "pilot")
     made = {}
     for job in jobs:
+        assert job_hparams(job) == hparams, job
         words = shlex.split(job.split("Dummy launcher: ", 1)[1])[3:]
         args = dict(zip(words[::2], words[1::2]))
-        made[args["--algorithm"]] = args
+        assert (args["--dataset"], args["--steps"], args["--checkpoint_freq"]) == (
+            "PACS", "1000", "100"), job
+        made[args["--algorithm"], args["--test_envs"], args["--trial_seed"]] = args
+    assert {key[0] for key in made} == {"ERM", "AgrSum", "AgrRand", "PCGrad"}
+    assert {key[1] for key in made} == {"0", "1", "2", "3"}
+    assert {key[2] for key in made} == {str(t) for t in range(10)}
     archive = REPO / "docs" / "results" / "pacs-pretrained" / "gpu_pilot" / "runs.tar.gz"
     with tarfile.open(archive) as tar:
         runs = [json.loads(tar.extractfile(m).readline())["args"]
                 for m in tar.getmembers() if m.name.endswith("results.jsonl")]
-    assert sorted(made) == sorted(run["algorithm"] for run in runs) == ["AgrSum", "ERM"]
+    assert sorted(run["algorithm"] for run in runs) == ["AgrSum", "ERM"]
     for run in runs:
-        args = made[run["algorithm"]]
+        args = made[run["algorithm"], "3", "0"]
         for key, value in args.items():
             if key in ("--data_dir", "--output_dir"):
                 continue
