@@ -26,38 +26,66 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 BLOCK = 1 << 14
 
 
+@njit(inline="always")
+def _column(rows, j):  # pragma: no cover - compiled
+    """Column ``j``: the rows added in order, and whether every row is > 0 or every row is
+    < 0 (Eq. 2: a zero, or a NaN, conflicts)."""
+    x = rows[0][j]
+    s = x
+    positive = x > 0
+    negative = x < 0
+    for i in range(1, len(rows)):
+        y = rows[i][j]
+        s += y
+        positive &= y > 0
+        negative &= y < 0
+    return s, positive | negative
+
+
 @njit(parallel=True, cache=True, boundscheck=False)
-def agreeing_sum(rows, out):  # pragma: no cover - compiled
+def agreeing_sum(rows, out, want_l1):  # pragma: no cover - compiled
     """``out[j] = rows[0][j] + rows[1][j] + ...`` where every row is > 0 or every row is
-    < 0 (Eq. 2, a zero conflicts), else 0; returns (conflicting columns, sum of |out|)."""
+    < 0, else 0; returns (conflicting columns, sum of |out| in float64, or 0.0 without
+    ``want_l1``).
+
+    The column index is unsigned: with a signed one Numba wraps negative indices, and that
+    branch kept LLVM from vectorizing the loop (1.7 against 0.6 ms for 1 M columns on one
+    core). The float64 sum of ``|out|`` cannot vectorize in order, so it runs after each
+    block, over the block still in cache, in 8 interleaved chains (column j into chain
+    j % 8), added in a fixed order: the same value for any thread count.
+    """
     p = out.shape[0]
-    n = len(rows)
     blocks = (p + BLOCK - 1) // BLOCK
     conflicts = np.zeros(blocks, np.int64)
     l1 = np.zeros(blocks, np.float64)
     zero = out.dtype.type(0)
+    one, eight = np.uint64(1), np.uint64(8)
     for b in prange(blocks):
-        start = b * BLOCK
-        stop = min(start + BLOCK, p)
+        start = np.uint64(b * BLOCK)
+        stop = np.uint64(min(b * BLOCK + BLOCK, p))
         count = 0
-        total = 0.0
         for j in range(start, stop):
-            x = rows[0][j]
-            s = x
-            low = x
-            high = x
-            for i in range(1, n):
-                y = rows[i][j]
-                s += y
-                low = min(low, y)
-                high = max(high, y)
-            agree = (low > 0) | (high < 0)
-            v = s if agree else zero
-            out[j] = v
+            s, agree = _column(rows, j)
+            out[j] = s if agree else zero
             count += not agree
-            total += abs(v)
         conflicts[b] = count
-        l1[b] = total
+        if want_l1:
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+            j = start
+            while j + eight <= stop:
+                a0 += abs(out[j])
+                a1 += abs(out[j + one])
+                a2 += abs(out[j + 2 * one])
+                a3 += abs(out[j + 3 * one])
+                a4 += abs(out[j + 4 * one])
+                a5 += abs(out[j + 5 * one])
+                a6 += abs(out[j + 6 * one])
+                a7 += abs(out[j + 7 * one])
+                j += eight
+            while j < stop:
+                a0 += abs(out[j])
+                j += one
+            l1[b] = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
     return conflicts.sum(), l1.sum()
 
 
@@ -179,15 +207,16 @@ def noise_where_zero(values, seed, scale, ki, wi, fi):  # pragma: no cover - com
     for b in prange(blocks):
         base = _mix(np.uint64(seed) ^ _mix(np.uint64(b) * _GAMMA))
         state = _mix(base ^ _M2)
-        start = b * BLOCK
-        stop = min(start + BLOCK, p)
-        for j in range(start, stop, 2):
-            word = _mix(base + np.uint64((j - start) >> 1) * _GAMMA)
+        start = np.uint64(b * BLOCK)
+        stop = np.uint64(min(b * BLOCK + BLOCK, p))
+        one = np.uint64(1)
+        for j in range(start, stop, np.uint64(2)):  # unsigned: no negative-index wrap
+            word = _mix(base + ((j - start) >> one) * _GAMMA)
             state, z = _normal(word & _LOW32, state, ki, wi, fi)
             v = values[j]
             values[j] = z * scale if v == zero else v
-            if j + 1 < stop:
+            if j + one < stop:
                 state, z = _normal(word >> np.uint64(32), state, ki, wi, fi)
-                v = values[j + 1]
-                values[j + 1] = z * scale if v == zero else v
+                v = values[j + one]
+                values[j + one] = z * scale if v == zero else v
 

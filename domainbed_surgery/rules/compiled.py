@@ -73,15 +73,16 @@ def applies(grads: Tensor, out: Tensor) -> bool:
         and _usable(grads, out)
 
 
-def agreeing_sum(grads: Tensor, out: Tensor) -> Optional[tuple[int, float]]:
-    """Agr-Sum of ``grads`` ([N, K]) into ``out`` ([K]): the sum where all rows are > 0 or
-    all < 0, else 0; returns (conflicting columns, sum of ``|out|`` in float64), or None
-    (nothing written) where it does not :func:`applies`."""
+def agreeing_sum(grads: Tensor, out: Tensor, l1: bool = True) -> Optional[tuple[int, Optional[float]]]:
+    """Agr-Sum of ``grads`` ([N, K]) into ``out``: the sum where all rows are > 0 or all
+    < 0, else 0; returns (conflicting columns, sum of ``|out|`` in float64, or None without
+    ``l1``: Agr-Sum does not need it, Agr-Rand's sigma does), or None (nothing written)
+    where it does not :func:`applies`."""
     if not applies(grads, out):
         return None
     rows = tuple(row.numpy() for row in grads)
-    conflicts, l1 = _run(_loaded().agreeing_sum, rows, out.numpy())
-    return int(conflicts), float(l1)
+    conflicts, total = _run(_loaded().agreeing_sum, rows, out.numpy(), l1)
+    return int(conflicts), float(total) if l1 else None
 
 
 def noise_applies(values: Tensor) -> bool:

@@ -61,6 +61,17 @@ def test_agreeing_sum_is_bitwise_torchs(n, p, seed, dtype):
     assert l1 == pytest.approx(expected_l1, rel=1e-12)
 
 
+def test_agreeing_sum_without_l1_writes_the_same_bits():
+    """Agr-Sum's call (``l1=False``) skips only the sum of ``|out|``: the same update and
+    count, across block boundaries, as the call Agr-Rand makes."""
+    g = with_zeros(3, 3 * block() + 5, seed=7)
+    with_l1, without = torch.empty(g.shape[1]), torch.empty(g.shape[1])
+    conflicts, l1 = compiled.agreeing_sum(g, with_l1)
+    assert compiled.agreeing_sum(g, without, l1=False) == (conflicts, None)
+    assert torch.equal(with_l1.view(torch.int32), without.view(torch.int32))
+    assert isinstance(l1, float) and l1 > 0
+
+
 def test_agreeing_sum_hand_computed():
     g = torch.tensor([[1.0, -2.0, 0.0, 3.0, -0.0, 1e-45],
                       [2.0, -1.0, 0.0, -3.0, 1.0, 1e-45],
