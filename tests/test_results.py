@@ -525,3 +525,31 @@ def test_readme_quotes_the_ziggurat_before_and_after():
         for setting in STEP_TIME_SETTINGS)
     assert phrase in text(REPO / "README.md"), f"README.md should say: {phrase}"
     assert all(costs[(s, "new")] < costs[(s, "before")] for s in STEP_TIME_SETTINGS)
+
+
+UNSIGNED = STEP_TIME.with_name("unsigned_index")
+
+
+def test_step_time_readme_quotes_the_vectorized_kernel_before_and_after():
+    """docs/results/cpu_step_time/README.md: the combination without diagnostics in the two
+    runs before and the two after the agreeing-sum kernel's unsigned index, as ranges; every
+    run after it is faster than every run before."""
+    ranges = {}
+    for version in ("before", "after"):
+        runs = []
+        for path in sorted(UNSIGNED.glob(f"parts_{version}_*.csv")):
+            parts = pd.read_csv(path)
+            runs.append(parts[parts["part"] == "combine_no_diagnostics"].set_index(
+                ["setting", "algorithm"])["median_ms"])
+        assert len(runs) == 2
+        ranges[version] = pd.concat(runs, axis=1)
+    fmt_range = {"efficientnet_lite0-128": "{:.2f}-{:.2f}", "resnet18-64": "{:.1f}-{:.1f}"}
+    document = text(STEP_TIME.with_name("README.md"))
+    for setting in fmt_range:
+        for algorithm in ("AgrSum", "AgrRand"):
+            before = ranges["before"].loc[(setting, algorithm)]
+            after = ranges["after"].loc[(setting, algorithm)]
+            assert after.max() < before.min(), (setting, algorithm)
+            phrase = (f"{algorithm} " + fmt_range[setting].format(before.min(), before.max())
+                      + " -> " + fmt_range[setting].format(after.min(), after.max()) + " ms")
+            assert phrase in document, f"the step-time README should say: {phrase}"
