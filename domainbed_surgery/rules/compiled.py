@@ -73,7 +73,8 @@ def applies(grads: Tensor, out: Tensor) -> bool:
         and _usable(grads, out)
 
 
-def agreeing_sum(grads: Tensor, out: Tensor, l1: bool = True) -> Optional[tuple[int, Optional[float]]]:
+def agreeing_sum(grads: Tensor, out: Tensor,
+                 l1: bool = True) -> Optional[tuple[int, Optional[float]]]:
     """Agr-Sum of ``grads`` ([N, K]) into ``out``: the sum where all rows are > 0 or all
     < 0, else 0; returns (conflicting columns, sum of ``|out|`` in float64, or None without
     ``l1``: Agr-Sum does not need it, Agr-Rand's sigma does), or None (nothing written)
