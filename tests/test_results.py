@@ -23,7 +23,8 @@ RESULTS = REPO / "docs" / "results" / "pacs64"
 #: Experiment folder -> the baseline its report tested against (None: no test).
 TABLES = {"table1": "ERM", "control": None}
 #: The pretrained regime's tables (docs/results/pacs-pretrained), likewise.
-PRETRAINED_TABLES = {"table1": "ERM", "control": None, "gpu_pilot": "ERM"}
+PRETRAINED_TABLES = {"table1": "ERM", "control": None, "gpu_pilot": "ERM",
+                     "baselines/trials0-1": "ERM"}
 #: The paper's three rules, in the order the step-time and control tables list them.
 PAPER_RULES = ("AgrSum", "AgrRand", "PCGrad")
 
