@@ -157,3 +157,14 @@ def pytest_terminal_summary(terminalreporter):
         f"{o['failed']} failed, {o['skipped']} skipped)")
     for reason in sorted(_slurm_skip_reasons):
         terminalreporter.write_line(f"  skip reason: {reason}")
+
+
+def archived_records(archive) -> list:
+    """The ``results.jsonl`` records of every run in a committed ``runs.tar.gz``: one list
+    of records (dicts) per run."""
+    import json
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        return [[json.loads(line) for line in tar.extractfile(member)]
+                for member in tar.getmembers() if member.name.endswith("results.jsonl")]

@@ -180,9 +180,8 @@ def test_gpu_preset_is_the_full_size_protocol_and_makes_the_pilots_jobs(
     target 3, trial 0), argument for argument (DomainBed's seeds included), all but the
     data and output folders."""
     import shlex
-    import tarfile
 
-    from conftest import REPO
+    from conftest import REPO, archived_records
 
     hparams = {"backbone": "efficientnet_lite0", "pretrained": True, "batch_size": 128,
                "data_augmentation": False}
@@ -200,9 +199,7 @@ def test_gpu_preset_is_the_full_size_protocol_and_makes_the_pilots_jobs(
     assert {key[1] for key in made} == {"0", "1", "2", "3"}
     assert {key[2] for key in made} == {str(t) for t in range(10)}
     archive = REPO / "docs" / "results" / "pacs-pretrained" / "gpu_pilot" / "runs.tar.gz"
-    with tarfile.open(archive) as tar:
-        runs = [json.loads(tar.extractfile(m).readline())["args"]
-                for m in tar.getmembers() if m.name.endswith("results.jsonl")]
+    runs = [records[0]["args"] for records in archived_records(archive)]
     assert sorted(run["algorithm"] for run in runs) == ["AgrSum", "ERM"]
     for run in runs:
         args = made[run["algorithm"], "3", "0"]

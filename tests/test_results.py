@@ -8,14 +8,12 @@ compared: they come from the sweep's records, which are not committed.
 
 from __future__ import annotations
 
-import json
-import tarfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, archived_records
 from domainbed_surgery.report import format as fmt
 from domainbed_surgery.report import summary
 
@@ -284,12 +282,8 @@ def gpu_pilot_claims(folder: Path, table1: Path) -> list[tuple[str, str]]:
     cpu_curve = cpu_curve.groupby("step")[["agreement", "cosine"]].mean()
     first, last = curve.index.min(), curve.index.max()
     readme = "docs/results/pacs-pretrained/gpu_pilot/README.md"
-    runs = {}  # algorithm -> its records, from the archived runs
-    with tarfile.open(folder / "runs.tar.gz") as tar:
-        for member in tar.getmembers():
-            if member.name.endswith("results.jsonl"):
-                records = [json.loads(line) for line in tar.extractfile(member)]
-                runs[records[0]["args"]["algorithm"]] = records
+    runs = {records[0]["args"]["algorithm"]: records  # algorithm -> its records
+            for records in archived_records(folder / "runs.tar.gz")}
     source = lambda r: sum(r[f"env{e}_out_acc"] for e in (0, 1, 2)) / 3  # noqa: E731
     chosen = {a: max(rs, key=source) for a, rs in runs.items()}  # training-domain validation
     step_time = {a: sum(r["step_time"] for r in rs[1:]) / len(rs[1:]) for a, rs in runs.items()}
@@ -502,18 +496,27 @@ def test_readme_step_time_prose_quotes_the_run(phrase):
 ZIGGURAT = STEP_TIME.with_name("ziggurat")
 
 
+def combination_medians(folder: Path, version: str) -> list[pd.Series]:
+    """Per run of ``folder/parts_<version>_*.csv`` (two runs): the median combination
+    without diagnostics (ms), indexed by (setting, algorithm)."""
+    runs = []
+    for path in sorted(folder.glob(f"parts_{version}_*.csv")):
+        parts = pd.read_csv(path)
+        runs.append(parts[parts["part"] == "combine_no_diagnostics"].set_index(
+            ["setting", "algorithm"])["median_ms"])
+    assert len(runs) == 2
+    return runs
+
+
 def noise_costs() -> dict[tuple[str, str], float]:
     """Agr-Rand's noise in the before/after runs of the compiled ziggurat: its combination
     without diagnostics minus Agr-Sum's (ms), by (setting, before/new), mean of two runs."""
     costs = {}
     for version in ("before", "new"):
         runs = []
-        for path in sorted(ZIGGURAT.glob(f"parts_{version}_*.csv")):
-            parts = pd.read_csv(path)
-            parts = parts[parts["part"] == "combine_no_diagnostics"]
-            wide = parts.pivot(index="setting", columns="algorithm", values="median_ms")
+        for medians in combination_medians(ZIGGURAT, version):
+            wide = medians.unstack("algorithm")
             runs.append(wide["AgrRand"] - wide["AgrSum"])
-        assert len(runs) == 2
         for setting, cost in (sum(runs) / len(runs)).items():
             costs[(setting, version)] = cost
     return costs
@@ -535,15 +538,8 @@ def test_step_time_readme_quotes_the_vectorized_kernel_before_and_after():
     """docs/results/cpu_step_time/README.md: the combination without diagnostics in the two
     runs before and the two after the agreeing-sum kernel's unsigned index, as ranges; every
     run after it is faster than every run before."""
-    ranges = {}
-    for version in ("before", "after"):
-        runs = []
-        for path in sorted(UNSIGNED.glob(f"parts_{version}_*.csv")):
-            parts = pd.read_csv(path)
-            runs.append(parts[parts["part"] == "combine_no_diagnostics"].set_index(
-                ["setting", "algorithm"])["median_ms"])
-        assert len(runs) == 2
-        ranges[version] = pd.concat(runs, axis=1)
+    ranges = {version: pd.concat(combination_medians(UNSIGNED, version), axis=1)
+              for version in ("before", "after")}
     fmt_range = {"efficientnet_lite0-128": "{:.2f}-{:.2f}", "resnet18-64": "{:.1f}-{:.1f}"}
     document = text(STEP_TIME.with_name("README.md"))
     for setting in fmt_range:
