@@ -22,7 +22,7 @@ RESULTS = REPO / "docs" / "results" / "pacs64"
 TABLES = {"table1": "ERM", "control": None}
 #: The pretrained regime's tables (docs/results/pacs-pretrained), likewise.
 PRETRAINED_TABLES = {"table1": "ERM", "control": None, "gpu_pilot": "ERM",
-                     "baselines/trials0-1": "ERM"}
+                     "baselines/trials0-2": "ERM"}
 #: The paper's three rules, in the order the step-time and control tables list them.
 PAPER_RULES = ("AgrSum", "AgrRand", "PCGrad")
 
@@ -421,6 +421,49 @@ def pretrained_batch_size_claims(batch_csv) -> list[tuple[str, str]]:
                          ids=lambda v: v if len(v) < 40 else v[:40])
 def test_pretrained_prose_quotes_the_data(document, phrase):
     assert phrase in text(REPO / document), f"{document} should say: {phrase}"
+
+
+BASELINES = PRETRAINED / "baselines"
+#: The order of the baselines README's pooled comparison: the paper's rules, then DomainBed's.
+BASELINE_ORDER = ("AgrSum", "AgrRand", "PCGrad", "IRM", "GroupDRO", "Mixup", "MLDG", "Fish",
+                  "Fishr", "UPGrad", "MGDA", "CAGrad")
+
+
+def test_pretrained_baselines_readme_is_the_committed_data():
+    """The baselines README's averages, pooled paired comparison with ERM (12 (target, trial)
+    pairs, Wilcoxon) and IRM's range, recomputed from the committed per-trial CSV."""
+    from scipy import stats
+
+    csv = BASELINES / "trials0-2" / "per_trial_iid.csv"
+    if not csv.is_file():
+        pytest.skip(f"no committed results in {csv.parent}")
+    per_trial = pd.read_csv(csv, dtype={"target": str})
+    assert per_trial.groupby("algorithm").size().eq(12).all()  # 4 targets x 3 trials each
+    wide = per_trial.pivot_table(index=["target", "trial_seed"], columns="algorithm",
+                                 values="acc")
+    rows = ["| algorithm | pairs below / equal / above ERM | mean difference (points) | p |",
+            "|---|---|---|---|"]
+    for name in BASELINE_ORDER:
+        diff = (wide[name] - wide["ERM"]).dropna()
+        rows.append(f"| {name} | {(diff < 0).sum()} / {(diff == 0).sum()} / {(diff > 0).sum()} "
+                    f"| {diff.mean():+.2f} | {stats.wilcoxon(diff).pvalue:.4f} |")
+    readme = BASELINES / "README.md"
+    assert_table_block(readme, rows)
+    avg = per_trial.groupby(["algorithm", "trial_seed"])["acc"].mean().groupby("algorithm").mean()
+    ranked = ", ".join(f"{a} {v:.1f}" for a, v in avg.sort_values(ascending=False).items()
+                       if a != "IRM")
+    said = " ".join(text(readme).split())
+    assert f"average over the four targets (%): {ranked}, **IRM {avg['IRM']:.1f}**" in said
+    irm = per_trial.loc[per_trial["algorithm"] == "IRM", "acc"]
+    assert f"IRM ends at {irm.min():.1f}-{irm.max():.1f}% per run" in said
+    assert not (avg.drop("ERM") > avg["ERM"]).any()  # "No baseline beats ERM"
+    middle = avg.drop(["ERM", "Fishr", "CAGrad", "IRM", *PAPER_RULES])
+    assert (avg[["Fishr", "CAGrad"]] > middle.max()).all()
+    top = " ".join(text(REPO / "README.md").split())
+    assert (f"none beats ERM ({avg['ERM']:.1f} on average); Fishr {avg['Fishr']:.1f} and CAGrad "
+            f"{avg['CAGrad']:.1f} are level with it, GroupDRO, MLDG, Fish, MGDA, UPGrad and "
+            f"Mixup lie between {middle.max():.1f} and {middle.min():.1f}, and IRM collapses "
+            f"to {avg['IRM']:.1f}") in top
 
 
 STEP_TIME = REPO / "docs" / "results" / "cpu_step_time" / "benchmark.csv"
