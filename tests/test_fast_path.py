@@ -37,7 +37,7 @@ from domainbed import algorithms as db_algorithms  # noqa: E402
 from domainbed import hparams_registry  # noqa: E402
 
 from domainbed_surgery import rules  # noqa: E402
-from domainbed_surgery.bench import step_time  # noqa: E402
+from domainbed_surgery.bench import allocator, step_time  # noqa: E402
 from domainbed_surgery.surgery import algorithm as algorithm_module  # noqa: E402
 from domainbed_surgery.scripts import benchmark  # noqa: E402
 
@@ -281,6 +281,7 @@ def test_benchmark_main_writes_csv_and_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "torch " + torch.__version__ in printed and "threads 1" in printed
     assert "paper-scheme" in printed and "share of update" in printed
+    assert f"allocator: {allocator.describe()}" in printed  # --allocator keep by default
 
     with open(tmp_path / "benchmark.csv") as f:
         reader = csv.DictReader(f)
@@ -318,6 +319,8 @@ def test_benchmark_main_writes_csv_and_json(tmp_path, capsys):
     assert len(data["paired"]) == len(paired_rows)
     assert data["environment"]["torch"] == torch.__version__
     assert data["environment"]["threads"] == 1
+    assert data["environment"]["allocator"] == allocator.describe()
+    assert data["args"]["allocator"] == "keep"
     assert len(data["results"]) == len(rows) == len(csv_rows)
     assert len(data["parts"]) == len(parts) == len(part_rows)
 

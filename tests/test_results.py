@@ -423,6 +423,59 @@ def test_pretrained_prose_quotes_the_data(document, phrase):
     assert phrase in text(REPO / document), f"{document} should say: {phrase}"
 
 
+ALLOCATOR = REPO / "docs" / "results" / "cpu_step_time" / "allocator"
+
+
+def allocator_runs() -> dict[tuple[str, str, str], list[tuple[float, int, int]]]:
+    """(setting, algorithm, system|keep) -> per process (median ms, system ms per step,
+    minor faults per step), from the committed output of allocator/run.sh."""
+    import re
+    from collections import defaultdict
+
+    runs = defaultdict(list)
+    pattern = re.compile(r"(\S+) (\S+) (system|keep): median ([\d.]+) ms min [\d.]+; "
+                         r"per step: user \d+ ms sys (\d+) ms minflt (\d+)")
+    for line in (ALLOCATOR / "step_faults.txt").read_text().splitlines():
+        setting, algorithm, mode, median, system, faults = pattern.fullmatch(line).groups()
+        runs[setting, algorithm, mode].append((float(median), int(system), int(faults)))
+    return runs
+
+
+def span(values, fmt="{:.0f}") -> str:
+    low, high = min(values), max(values)
+    return fmt.format(low) if fmt.format(low) == fmt.format(high) else \
+        f"{fmt.format(low)}-{fmt.format(high)}"
+
+
+def test_allocator_table_and_prose_are_the_committed_output():
+    runs = allocator_runs()
+    rows = ["| setting | algorithm | glibc's defaults: median ms | system ms / step | minor faults "
+            "/ step | kept: median ms | system ms / step | minor faults / step |",
+            "|---|---|---|---|---|---|---|---|"]
+    for setting in ("efficientnet_lite0-128", "resnet18-64", "mnist-28"):
+        for name in ("ERM", "AgrSum"):
+            cells = []
+            for mode in ("system", "keep"):
+                got = runs[setting, name, mode]
+                assert len(got) == 2  # two processes each, alternating
+                cells += [span([g[0] for g in got], "{:.1f}"), span([g[1] for g in got]),
+                          span([g[2] for g in got], "{:,}")]
+            rows.append(f"| {setting} | {name} | " + " | ".join(cells) + " |")
+    assert_table_block(ALLOCATOR / "README.md", rows)
+    said = " ".join(text(REPO / "README.md").split())
+    ms = lambda s, a, m: span([g[0] for g in runs[s, a, m]])  # noqa: E731
+    for setting in ("efficientnet_lite0-128", "resnet18-64"):
+        for name in ("ERM", "AgrSum"):
+            assert (f"{name} {ms(setting, name, 'system')} -> {ms(setting, name, 'keep')} ms"
+                    in said), (setting, name)
+    gaps = {mode: [a[0] - e[0] for a, e in zip(runs["resnet18-64", "AgrSum", mode],
+                                               runs["resnet18-64", "ERM", mode])]
+            for mode in ("system", "keep")}
+    assert (f"AgrSum's step {gaps['system'][0]:.0f} and {gaps['system'][1]:.0f} ms above ERM's "
+            f"there (the two alternations), against {gaps['keep'][0]:.0f} and "
+            f"{gaps['keep'][1]:.0f} ms") in " ".join(text(ALLOCATOR / "README.md").split())
+
+
 BASELINES = PRETRAINED / "baselines"
 #: The order of the baselines README's pooled comparison: the paper's rules, then DomainBed's.
 BASELINE_ORDER = ("AgrSum", "AgrRand", "PCGrad", "IRM", "GroupDRO", "Mixup", "MLDG", "Fish",

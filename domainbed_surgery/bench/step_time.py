@@ -22,6 +22,12 @@ present (ANDMask, the paper's scheme, the per-domain floor) repetition by repeti
 median difference, the share of repetitions it was faster and a one-sided Wilcoxon
 signed-rank p-value.
 
+The C allocator: by default (``--allocator keep``) glibc is set to keep freed memory in
+the process (:mod:`.allocator`) for every algorithm alike, so a step does not page-fault
+its activations in again each time (on the 2-core CPU 157-215 ms of system time per
+efficientnet_lite0-128 step, varying with the machine's memory state: most of that
+setting's run-to-run spread). ``--allocator system`` leaves glibc's defaults.
+
 Reference rows, implemented here and not registered in DomainBed:
 
 - ``paper-scheme``: Agr-Sum computed the way the authors' public code does it
@@ -81,6 +87,7 @@ from typing import Callable
 import torch
 
 from .. import rules
+from . import allocator
 from .memory import StepMemory, state_bytes
 from .paired import PAIRED_COLUMNS, compare, paired_ratio
 from .settings import ALIASES, CPU_SETTINGS, GPU_SETTINGS, SETTINGS, Setting, make_minibatches, \
@@ -316,7 +323,7 @@ def environment(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(),
         "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "cpu_kernels": rules.compiled.describe(),
+        "cpu_kernels": rules.compiled.describe(), "allocator": allocator.describe(),
     }
 
 
@@ -378,9 +385,12 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     if "ERM" not in args.algorithms:
         print("note: ERM not among --algorithms, so no ratio to ERM", file=sys.stderr)
 
+    if getattr(args, "allocator", "system") == "keep":
+        allocator.keep_freed_memory()
     env = environment(device)
     print(f"device: {env['device']} ({device}), torch {env['torch']}, "
-          f"threads {env['threads']}, load average {env['loadavg']}, CPU kernels: {env['cpu_kernels']}")
+          f"threads {env['threads']}, load average {env['loadavg']}, CPU kernels: {env['cpu_kernels']}; "
+          f"allocator: {env['allocator']}")
     rows, part_rows, paired_rows = [], [], []
     for setting in settings:
         print(f"\nsetting {setting.name}: backbone {setting.backbone or 'DomainBed default'}, "

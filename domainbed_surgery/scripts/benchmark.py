@@ -1,7 +1,8 @@
 """Step-time benchmark of every surgery algorithm against ERM, ANDMask, Fish and two references.
 
     python -m domainbed_surgery.scripts.benchmark [--settings mnist-28 resnet18-64]
-        [--algorithms ...] [--steps 10] [--warmup 2] [--settle 1] [--threads N] [--output_dir DIR]
+        [--algorithms ...] [--steps 10] [--warmup 2] [--settle 1] [--threads N] [--allocator keep]
+        [--output_dir DIR]
     python -m domainbed_surgery.scripts.benchmark --chunk_study [--chunks 524288 0]
         [--params 11200000] [--output_dir DIR]
 
@@ -35,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--settle", type=int, default=1,
                         help="untimed steps of the same algorithm right before each timed one "
                              "(its own steady state, as in training; 0: none)")
+    parser.add_argument("--allocator", choices=("keep", "system"), default="keep",
+                        help="keep (default): glibc keeps freed memory, for every algorithm "
+                             "alike (domainbed_surgery.bench.allocator); system: its defaults")
     parser.add_argument("--algorithms", nargs="+", default=list(DEFAULT_ALGORITHMS),
                         help=f"default: {' '.join(DEFAULT_ALGORITHMS)}")
     parser.add_argument("--output_dir", default=None, help="write CSV and JSON here")
