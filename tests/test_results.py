@@ -589,6 +589,39 @@ def test_readme_step_time_prose_quotes_the_run(phrase):
     assert phrase in text(REPO / "README.md"), f"README.md should say: {phrase}"
 
 
+def test_readme_quotes_the_kept_memory_run():
+    """The README's paragraph on the run with ``--allocator keep``, from its paired CSV."""
+    paired = pd.read_csv(STEP_TIME.with_name("allocator_run") / "benchmark_paired.csv")
+    rules = paired[paired["algorithm"].isin(PAPER_RULES)]
+    versus = rules[rules["reference"].isin(["ANDMask", "paper-scheme"])]
+    faster = versus[versus["median_diff_ms"] < 0]
+    floor = rules[(rules["reference"] == "per-domain-floor")
+                  & rules["setting"].isin(["mnist-28", "efficientnet_lite0-128"])]
+    largest = floor.loc[floor["median_diff_erm_steps"].idxmax()]
+    cell = paired.set_index(["setting", "algorithm", "reference"])["median_diff_ms"]
+    pvalue = paired.set_index(["setting", "algorithm", "reference"])["wilcoxon_p_faster"]
+    paper = [-cell["resnet18-64", r, "paper-scheme"] for r in PAPER_RULES]
+    behind = [cell[s, r, "ANDMask"] for s in ("mnist-28", "efficientnet_lite0-128")
+              for r in ("AgrSum", "AgrRand")]
+    assert min(behind) > 0  # ANDMask ahead of both on both small settings
+    assert all(pvalue["resnet18-64", r, "ANDMask"] < 0.001 for r in ("AgrSum", "PCGrad"))
+    said = " ".join(text(REPO / "README.md").split())
+    for phrase in [
+        f"{len(faster)} of the {len(versus)} comparisons with ANDMask and the paper's scheme "
+        f"have the rule faster, {int((faster['wilcoxon_p_faster'] < 0.05).sum())} of them with "
+        f"p < 0.05; within 0.05 ERM steps of the floor in "
+        f"{int((floor['median_diff_erm_steps'] <= 0.05).sum())} of {len(floor)} (the largest: "
+        f"{largest['algorithm']} on {largest['setting']}, {largest['median_diff_erm_steps']:+.3f})",
+        f"paper's scheme ({min(paper):.0f}-{max(paper):.0f} ms), AgrSum and PCGrad ahead of "
+        f"ANDMask ({-cell['resnet18-64', 'AgrSum', 'ANDMask']:.1f} and "
+        f"{-cell['resnet18-64', 'PCGrad', 'ANDMask']:.1f} ms, p < 0.001), AgrRand "
+        f"{-cell['resnet18-64', 'AgrRand', 'ANDMask']:.1f} ms ahead (p "
+        f"{pvalue['resnet18-64', 'AgrRand', 'ANDMask']:.2f})",
+        f"now ahead of AgrSum and AgrRand ({min(behind):.1f}-{max(behind):.1f} ms)",
+    ]:
+        assert phrase in said, f"README.md should say: {phrase}"
+
+
 ZIGGURAT = STEP_TIME.with_name("ziggurat")
 
 
