@@ -5,9 +5,9 @@ threshold is unmapped when freed, and free space at the heap's top above the tri
 threshold is trimmed. A CPU training step frees its activations and allocates them
 again, so the next step page-faults them in afresh, at a cost that depends on the
 machine's memory state. On the 2-core development machine an efficientnet_lite0-128
-step (docs/results/cpu_step_time) took 69,000-88,000 minor faults and 157-215 ms of
-system time that way; with :func:`keep_freed_memory` 300-2,500 faults and 1-5 ms. The
-arithmetic is the same, so results are too; only where memory comes from changes.
+step took 49,000-69,000 minor faults and 100-139 ms of system time that way, kept at
+most 1,922 faults and 4 ms (docs/results/cpu_step_time/allocator). The arithmetic is the
+same, so results are too; only where memory comes from changes.
 
 Any process, a DomainBed training run included, gets the same with the environment
 variables of :data:`ENVIRONMENT` (glibc reads them at start-up).

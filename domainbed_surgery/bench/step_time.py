@@ -24,9 +24,9 @@ signed-rank p-value.
 
 The C allocator: by default (``--allocator keep``) glibc is set to keep freed memory in
 the process (:mod:`.allocator`) for every algorithm alike, so a step does not page-fault
-its activations in again each time (on the 2-core CPU 157-215 ms of system time per
-efficientnet_lite0-128 step, varying with the machine's memory state: most of that
-setting's run-to-run spread). ``--allocator system`` leaves glibc's defaults.
+its activations in again each time (on the 2-core CPU 100-139 ms of system time per
+efficientnet_lite0-128 step in a process of its own, varying with the machine's memory
+state). ``--allocator system`` leaves glibc's defaults.
 
 Reference rows, implemented here and not registered in DomainBed:
 

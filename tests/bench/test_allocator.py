@@ -3,8 +3,8 @@ made for: AgrSum's training steps on the pretrained experiments' CPU setting
 (efficientnet_lite0-128), each in a fresh process since the setting is process-wide.
 
 By glibc's defaults such a step page-faults its re-allocated activations in again every
-time (49,000-88,000 minor faults per step on the development machine); kept, a few hundred
-to 2,000. The weights come out bitwise the same: only where memory comes from changes.
+time (AgrSum: 63,000-69,000 minor faults per step on the development machine,
+docs/results/cpu_step_time/allocator); kept, 512-743. The weights come out bitwise the same: only where memory comes from changes.
 """
 
 from __future__ import annotations
