@@ -561,17 +561,26 @@ def test_readme_step_time_tables_are_the_committed_run(expected):
     assert_table_block(REPO / "README.md", expected())
 
 
-def step_time_claims() -> list[str]:
-    """The README's prose on the step-time targets, from the committed benchmark CSVs."""
-    paired = pd.read_csv(STEP_TIME_PAIRED)
+def issue_targets(paired: pd.DataFrame) -> dict:
+    """#19's targets in one run's paired CSV: the paper's rules against ANDMask and the
+    paper's scheme (``versus``, the ``faster`` ones, those with p < 0.05), and against the
+    floor on the two small settings (``floor``, ``within`` 0.05 ERM steps, the ``largest``)."""
     rules = paired[paired["algorithm"].isin(PAPER_RULES)]
     versus = rules[rules["reference"].isin(["ANDMask", "paper-scheme"])]
     faster = versus[versus["median_diff_ms"] < 0]
-    significant = faster[faster["wilcoxon_p_faster"] < 0.05]
     floor = rules[(rules["reference"] == "per-domain-floor")
                   & rules["setting"].isin(["mnist-28", "efficientnet_lite0-128"])]
-    within = floor["median_diff_erm_steps"] <= 0.05
-    largest = floor.loc[floor["median_diff_erm_steps"].idxmax()]
+    return {"versus": versus, "faster": faster,
+            "significant": faster[faster["wilcoxon_p_faster"] < 0.05], "floor": floor,
+            "within": floor["median_diff_erm_steps"] <= 0.05,
+            "largest": floor.loc[floor["median_diff_erm_steps"].idxmax()]}
+
+
+def step_time_claims() -> list[str]:
+    """The README's prose on the step-time targets, from the committed benchmark CSVs."""
+    targets = issue_targets(pd.read_csv(STEP_TIME_PAIRED))
+    versus, faster, significant = targets["versus"], targets["faster"], targets["significant"]
+    within, largest = targets["within"], targets["largest"]
     resnet = versus[versus["setting"] == "resnet18-64"]
     assert (resnet["median_diff_ms"] < 0).all() and (resnet["wilcoxon_p_faster"] < 0.01).all()
     return [
@@ -592,12 +601,8 @@ def test_readme_step_time_prose_quotes_the_run(phrase):
 def test_readme_quotes_the_kept_memory_run():
     """The README's paragraph on the run with ``--allocator keep``, from its paired CSV."""
     paired = pd.read_csv(STEP_TIME.with_name("allocator_run") / "benchmark_paired.csv")
-    rules = paired[paired["algorithm"].isin(PAPER_RULES)]
-    versus = rules[rules["reference"].isin(["ANDMask", "paper-scheme"])]
-    faster = versus[versus["median_diff_ms"] < 0]
-    floor = rules[(rules["reference"] == "per-domain-floor")
-                  & rules["setting"].isin(["mnist-28", "efficientnet_lite0-128"])]
-    largest = floor.loc[floor["median_diff_erm_steps"].idxmax()]
+    targets = issue_targets(paired)
+    versus, faster, largest = targets["versus"], targets["faster"], targets["largest"]
     cell = paired.set_index(["setting", "algorithm", "reference"])["median_diff_ms"]
     pvalue = paired.set_index(["setting", "algorithm", "reference"])["wilcoxon_p_faster"]
     paper = [-cell["resnet18-64", r, "paper-scheme"] for r in PAPER_RULES]
@@ -608,9 +613,9 @@ def test_readme_quotes_the_kept_memory_run():
     said = " ".join(text(REPO / "README.md").split())
     for phrase in [
         f"{len(faster)} of the {len(versus)} comparisons with ANDMask and the paper's scheme "
-        f"have the rule faster, {int((faster['wilcoxon_p_faster'] < 0.05).sum())} of them with "
+        f"have the rule faster, {len(targets['significant'])} of them with "
         f"p < 0.05; within 0.05 ERM steps of the floor in "
-        f"{int((floor['median_diff_erm_steps'] <= 0.05).sum())} of {len(floor)} (the largest: "
+        f"{int(targets['within'].sum())} of {len(targets['within'])} (the largest: "
         f"{largest['algorithm']} on {largest['setting']}, {largest['median_diff_erm_steps']:+.3f})",
         f"paper's scheme ({min(paper):.0f}-{max(paper):.0f} ms), AgrSum and PCGrad ahead of "
         f"ANDMask ({-cell['resnet18-64', 'AgrSum', 'ANDMask']:.1f} and "
