@@ -385,7 +385,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     if "ERM" not in args.algorithms:
         print("note: ERM not among --algorithms, so no ratio to ERM", file=sys.stderr)
 
-    if getattr(args, "allocator", "system") == "keep":
+    if args.allocator == "keep":
         allocator.keep_freed_memory()
     env = environment(device)
     print(f"device: {env['device']} ({device}), torch {env['torch']}, "
