@@ -598,33 +598,104 @@ def test_readme_step_time_prose_quotes_the_run(phrase):
     assert phrase in text(REPO / "README.md"), f"README.md should say: {phrase}"
 
 
-def test_readme_quotes_the_kept_memory_run():
-    """The README's paragraph on the run with ``--allocator keep``, from its paired CSV."""
-    paired = pd.read_csv(STEP_TIME.with_name("allocator_run") / "benchmark_paired.csv")
-    targets = issue_targets(paired)
-    versus, faster, largest = targets["versus"], targets["faster"], targets["largest"]
-    cell = paired.set_index(["setting", "algorithm", "reference"])["median_diff_ms"]
-    pvalue = paired.set_index(["setting", "algorithm", "reference"])["wilcoxon_p_faster"]
-    paper = [-cell["resnet18-64", r, "paper-scheme"] for r in PAPER_RULES]
-    behind = [cell[s, r, "ANDMask"] for s in ("mnist-28", "efficientnet_lite0-128")
-              for r in ("AgrSum", "AgrRand")]
-    assert min(behind) > 0  # ANDMask ahead of both on both small settings
-    assert all(pvalue["resnet18-64", r, "ANDMask"] < 0.001 for r in ("AgrSum", "PCGrad"))
+def targets_sentence(folder: str) -> str:
+    """The README's summary of an earlier run's targets, from its paired CSV."""
+    targets = issue_targets(pd.read_csv(STEP_TIME.with_name(folder) / "benchmark_paired.csv"))
+    largest = targets["largest"]
+    return (f"{len(targets['faster'])} of the {len(targets['versus'])} comparisons with "
+            f"ANDMask and the paper's scheme have the rule faster, "
+            f"{len(targets['significant'])} of them with p < 0.05; within 0.05 ERM steps of "
+            f"the floor in {int(targets['within'].sum())} of {len(targets['within'])} (the "
+            f"largest: {largest['algorithm']} on {largest['setting']}, "
+            f"{largest['median_diff_erm_steps']:+.3f})")
+
+
+@pytest.mark.parametrize("folder", ["before_allocator", "allocator_run"])
+def test_readme_quotes_the_earlier_runs(folder):
+    """The README's sentence on each earlier run of the same command (the previous VM)."""
     said = " ".join(text(REPO / "README.md").split())
-    for phrase in [
-        f"{len(faster)} of the {len(versus)} comparisons with ANDMask and the paper's scheme "
-        f"have the rule faster, {len(targets['significant'])} of them with "
-        f"p < 0.05; within 0.05 ERM steps of the floor in "
-        f"{int(targets['within'].sum())} of {len(targets['within'])} (the largest: "
-        f"{largest['algorithm']} on {largest['setting']}, {largest['median_diff_erm_steps']:+.3f})",
-        f"paper's scheme ({min(paper):.0f}-{max(paper):.0f} ms), AgrSum and PCGrad ahead of "
-        f"ANDMask ({-cell['resnet18-64', 'AgrSum', 'ANDMask']:.1f} and "
-        f"{-cell['resnet18-64', 'PCGrad', 'ANDMask']:.1f} ms, p < 0.001), AgrRand "
-        f"{-cell['resnet18-64', 'AgrRand', 'ANDMask']:.1f} ms ahead (p "
-        f"{pvalue['resnet18-64', 'AgrRand', 'ANDMask']:.2f})",
-        f"now ahead of AgrSum and AgrRand ({min(behind):.1f}-{max(behind):.1f} ms)",
-    ]:
-        assert phrase in said, f"README.md should say: {phrase}"
+    phrase = targets_sentence(folder)
+    assert phrase in said, f"README.md should say: {phrase}"
+    paired = pd.read_csv(STEP_TIME.with_name(folder) / "benchmark_paired.csv")
+    resnet = issue_targets(paired)["versus"].query("setting == 'resnet18-64'")
+    assert (resnet["median_diff_ms"] < 0).all()  # "resnet18-64 is won by a wide margin"
+
+
+def step_time_details() -> list[str]:
+    """The README's other numbers on the step-time run: the small settings against the
+    floor, the TorchJD rules' ratios, the per-setting verdicts, Adam after Agr-Sum and the
+    cost of a diagnostic step, from the committed CSVs."""
+    steps = pd.read_csv(STEP_TIME).set_index(["setting", "algorithm"])
+    median, ratio = steps["median_ms"], steps["paired_ratio_to_erm"]
+    paired = pd.read_csv(STEP_TIME_PAIRED).set_index(["setting", "algorithm", "reference"])
+    diff, pvalue = paired["median_diff_ms"], paired["wilcoxon_p_faster"]
+    parts = pd.read_csv(STEP_TIME.with_name("benchmark_parts.csv")).set_index(
+        ["setting", "algorithm", "part"])["median_ms"]
+    eff, mnist, resnet = "efficientnet_lite0-128", "mnist-28", "resnet18-64"
+    torchjd = ("UPGrad", "MGDA", "CAGrad")
+    surgery = PAPER_RULES + torchjd
+
+    def span(values, fmt="{:.3f}"):
+        return fmt.format(min(values)) + "-" + fmt.format(max(values))
+
+    def ahead(setting, rule, ref):
+        assert diff[setting, rule, ref] < 0
+        return f"{-diff[setting, rule, ref]:.1f}"
+
+    def behind(setting, rule, ref):
+        assert diff[setting, rule, ref] > 0
+        return f"{diff[setting, rule, ref]:.1f}"
+
+    floor_steps = [paired.loc[(mnist, r, "per-domain-floor"), "median_diff_erm_steps"]
+                   for r in PAPER_RULES]
+    floor_ms = [diff[mnist, r, "per-domain-floor"] for r in PAPER_RULES]
+    combination = {r: parts[mnist, r, "combine_no_diagnostics"] for r in PAPER_RULES}
+    adam = {s: parts[s, "AgrSum", "adam"] for s in (resnet, eff)}
+    other_adam = {s: [parts[s, r, "adam"] for r in surgery if r != "AgrSum"] for s in (resnet, eff)}
+    diagnostic = {r: parts[resnet, r, "combine"] - parts[resnet, r, "combine_no_diagnostics"]
+                  for r in surgery}
+    eff_agr = ("AgrRand", "PCGrad")
+    eff_margins = [-diff[eff, r, ref] for r in eff_agr for ref in ("ANDMask", "paper-scheme")]
+    assert all(m > 0 for m in eff_margins)
+    assert max(pvalue[resnet, r, ref] for r in PAPER_RULES
+               for ref in ("ANDMask", "paper-scheme")) < 1e-5  # "all six with p < 1e-5"
+    return [
+        f"({median[eff, 'ERM']:.1f} ms against the floor's {median[eff, 'per-domain-floor']:.1f} "
+        f"here), so the ratios of that setting are below 1; on mnist-28 too "
+        f"({median[mnist, 'ERM']:.1f} against {median[mnist, 'per-domain-floor']:.1f})",
+        f"UPGrad {ratio[resnet, 'UPGrad']:.3f}, MGDA {ratio[resnet, 'MGDA']:.3f}, CAGrad "
+        f"{ratio[resnet, 'CAGrad']:.3f} on resnet18-64; "
+        f"{span([ratio[mnist, r] for r in torchjd])} on mnist-28; "
+        f"{span([ratio[eff, r] for r in torchjd])} on efficientnet_lite0-128",
+        f"AgrRand and PCGrad by {span(eff_margins, '{:.1f}')} ms (p "
+        f"{max(pvalue[eff, r, ref] for r in eff_agr for ref in ('ANDMask', 'paper-scheme')):.2g} "
+        f"and below), AgrSum by {ahead(eff, 'AgrSum', 'ANDMask')} and "
+        f"{ahead(eff, 'AgrSum', 'paper-scheme')} ms (p {pvalue[eff, 'AgrSum', 'ANDMask']:.2g} "
+        f"and {pvalue[eff, 'AgrSum', 'paper-scheme']:.2g})",
+        f"AgrSum carries {adam[eff] - max(other_adam[eff]):.1f} ms of Adam",
+        f"PCGrad is ahead of both ({ahead(mnist, 'PCGrad', 'ANDMask')} and "
+        f"{ahead(mnist, 'PCGrad', 'paper-scheme')} ms), AgrSum ahead of ANDMask "
+        f"({ahead(mnist, 'AgrSum', 'ANDMask')} ms) and {behind(mnist, 'AgrSum', 'paper-scheme')} "
+        f"ms behind the paper's scheme, AgrRand {behind(mnist, 'AgrRand', 'ANDMask')} and "
+        f"{behind(mnist, 'AgrRand', 'paper-scheme')} ms behind both",
+        f"ANDMask's median step is {median[mnist, 'ANDMask'] - median[mnist, 'per-domain-floor']:.1f} "
+        f"ms above the floor's ({median[mnist, 'ANDMask']:.1f} against "
+        f"{median[mnist, 'per-domain-floor']:.1f} ms), ours are {span(floor_steps)} ERM steps "
+        f"({span(floor_ms, '{:.1f}')} ms) above it",
+        f"{combination['AgrSum']:.2f} (AgrSum), {combination['AgrRand']:.2f} (AgrRand, its noise "
+        f"included) and {combination['PCGrad']:.2f} ms (PCGrad)",
+        f"({adam[resnet]:.1f} against {span(other_adam[resnet], '{:.1f}')} ms on resnet18-64 in "
+        f"this run's parts table, {adam[eff]:.1f} against {span(other_adam[eff], '{:.1f}')} on "
+        f"efficientnet)",
+        f"a diagnostic step costs {span(diagnostic.values(), '{:.1f}')} ms more on resnet18-64 in "
+        f"the current run (AgrSum {diagnostic['AgrSum']:.1f};",
+    ]
+
+
+@pytest.mark.parametrize("phrase", step_time_details(), ids=lambda v: v[:40])
+def test_readme_step_time_details_quote_the_run(phrase):
+    said = " ".join(text(REPO / "README.md").split())
+    assert phrase in said, f"README.md should say: {phrase}"
 
 
 ZIGGURAT = STEP_TIME.with_name("ziggurat")
