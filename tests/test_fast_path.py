@@ -315,6 +315,22 @@ def test_benchmark_main_writes_csv_and_json(tmp_path, capsys):
     assert float(erm["paired_ratio_to_erm"]) == 1.0
     assert "paired, repetition by repetition" in printed
 
+    with open(tmp_path / "benchmark_times.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == step_time.TIME_COLUMNS
+        time_rows = list(reader)
+    n = len(step_time.DEFAULT_ALGORITHMS)
+    assert len(time_rows) == 2 * n  # every timed step: 2 repetitions x the algorithms
+    for rep in ("0", "1"):  # each repetition times every algorithm once, in rotated order
+        order = [r["algorithm"] for r in sorted(
+            (r for r in time_rows if r["repetition"] == rep), key=lambda r: int(r["position"]))]
+        shift = int(rep) % n
+        names = list(step_time.DEFAULT_ALGORITHMS)
+        assert order == names[shift:] + names[:shift]
+    for r in csv_rows:  # the table's median is the median of the written steps
+        steps_ms = sorted(float(t["ms"]) for t in time_rows if t["algorithm"] == r["algorithm"])
+        assert float(r["median_ms"]) == pytest.approx(sum(steps_ms) / 2, abs=2e-3)
+
     data = json.loads((tmp_path / "benchmark.json").read_text())
     assert len(data["paired"]) == len(paired_rows)
     assert data["environment"]["torch"] == torch.__version__

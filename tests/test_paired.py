@@ -1,6 +1,7 @@
 """The benchmark's paired comparisons (domainbed_surgery.bench.paired), on known answers."""
 
 import pytest
+from scipy import stats
 
 from domainbed_surgery.bench.paired import compare, paired_ratio
 
@@ -51,3 +52,25 @@ def test_paired_times_must_match(a, b):
         compare(a, b)
     with pytest.raises(ValueError, match="same number"):
         paired_ratio(a, b)
+
+
+@pytest.mark.parametrize("n", [6, 10, 44])
+def test_confidence_interval_is_the_binomial_order_statistics(n):
+    """The 95% interval of the median difference is [d_(k), d_(n-k+1)] of the sorted
+    differences, k the largest with P(Binomial(n, 1/2) <= k - 1) <= 0.025 (so its coverage
+    is at least 95% whatever their distribution): d_(16) and d_(29) for 44 repetitions."""
+    ref = [0.0] * n
+    ours = [0.001 * (i + 1) for i in reversed(range(n))]  # differences 1 .. n ms, unsorted
+    k = max(k for k in range(1, n) if stats.binom.cdf(k - 1, n, 0.5) <= 0.025)
+    result = compare(ours, ref)
+    assert result["ci95_low_ms"] == pytest.approx(k)
+    assert result["ci95_high_ms"] == pytest.approx(n - k + 1)
+    assert 1 - 2 * stats.binom.cdf(k - 1, n, 0.5) >= 0.95
+    if n == 44:
+        assert (k, n - k + 1) == (16, 29)
+
+
+def test_confidence_interval_needs_six_repetitions():
+    result = compare([1.0] * 5, [2.0] * 5)
+    assert result["ci95_low_ms"] is None and result["ci95_high_ms"] is None
+    assert compare([1.0] * 6, [2.0] * 6)["ci95_high_ms"] == pytest.approx(-1000.0)

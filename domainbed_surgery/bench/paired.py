@@ -4,7 +4,9 @@ The benchmark runs every algorithm once per repetition, interleaved, so the i-th
 two algorithms were measured seconds apart under the same machine load. On a shared VM
 whose speed drifts by several percent between minutes, the difference of two medians
 mixes that drift into the comparison; the median of the per-repetition differences does
-not, and a Wilcoxon signed-rank test on them says whether "faster" is more than noise.
+not, and a Wilcoxon signed-rank test on them says whether "faster" is more than noise. A
+distribution-free 95% confidence interval of that median (binomial order statistics) says
+how large a difference the repetitions leave open either way.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from scipy import stats
 __all__ = ["PAIRED_COLUMNS", "paired_ratio", "compare"]
 
 PAIRED_COLUMNS = ("setting", "algorithm", "reference", "steps", "median_diff_ms",
-                  "median_diff_erm_steps", "faster_share", "wilcoxon_p_faster")
+                  "ci95_low_ms", "ci95_high_ms", "median_diff_erm_steps", "faster_share",
+                  "wilcoxon_p_faster")
 
 
 def _check(a: Sequence[float], b: Sequence[float]) -> None:
@@ -38,6 +41,10 @@ def compare(times: Sequence[float], reference: Sequence[float],
     """``times`` against ``reference`` (seconds, one per repetition, same repetitions).
 
     ``median_diff_ms``: median of ``times[i] - reference[i]`` (negative: faster);
+    ``ci95_low_ms``/``ci95_high_ms``: a 95% confidence interval of that median, from the
+    order statistics of the differences (``scipy.stats.quantile_test``: exact binomial
+    coverage >= 95%, no assumption on their distribution; None with fewer than 6
+    repetitions, where no such interval is finite);
     ``median_diff_erm_steps``: the same difference in units of that repetition's ERM step
     (None without ``erm``); ``faster_share``: the fraction of repetitions where ``times`` was
     below ``reference``; ``wilcoxon_p_faster``: one-sided Wilcoxon signed-rank p-value for
@@ -53,7 +60,12 @@ def compare(times: Sequence[float], reference: Sequence[float],
     if sum(d != 0 for d in diffs) >= 2:
         p = float(stats.wilcoxon(diffs, alternative="less").pvalue)
         p = None if math.isnan(p) else p
+    low = high = None
+    if len(diffs) >= 6:
+        ci = stats.quantile_test(diffs, q=0, p=0.5).confidence_interval(0.95)
+        low, high = float(ci.low) * 1e3, float(ci.high) * 1e3
     return {"median_diff_ms": statistics.median(diffs) * 1e3,
+            "ci95_low_ms": low, "ci95_high_ms": high,
             "median_diff_erm_steps": scaled,
             "faster_share": sum(d < 0 for d in diffs) / len(diffs),
             "wilcoxon_p_faster": p}

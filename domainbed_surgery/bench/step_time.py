@@ -19,8 +19,9 @@ of the same algorithm, as in training. It also pairs the measurements (:mod:`.pa
 ``paired_ratio_to_erm`` is the median of the per-repetition ratios to ERM's step of the
 same repetition, and a third table compares every surgery algorithm with each reference
 present (ANDMask, the paper's scheme, the per-domain floor) repetition by repetition: the
-median difference, the share of repetitions it was faster and a one-sided Wilcoxon
-signed-rank p-value.
+median difference with its 95% confidence interval, the share of repetitions it was
+faster and a one-sided Wilcoxon signed-rank p-value. Every timed step is written too
+(``benchmark_times.csv``).
 
 The C allocator: by default (``--allocator keep``) glibc is set to keep freed memory in
 the process (:mod:`.allocator`) for every algorithm alike, so a step does not page-fault
@@ -95,7 +96,7 @@ from .settings import ALIASES, CPU_SETTINGS, GPU_SETTINGS, SETTINGS, Setting, ma
 
 __all__ = ["SETTINGS", "ALIASES", "CPU_SETTINGS", "GPU_SETTINGS", "DEFAULT_ALGORITHMS", "PAPER",
            "FLOOR", "SURGERY_ALGORITHMS", "PARTS", "REFERENCES", "RESULT_COLUMNS", "PART_COLUMNS",
-           "PAIRED_COLUMNS", "Setting",
+           "PAIRED_COLUMNS", "TIME_COLUMNS", "Setting",
            "make_minibatches", "resolve_settings", "build", "run_setting", "run", "format_table",
            "write_csv"]
 
@@ -115,6 +116,9 @@ RESULT_COLUMNS = ("setting", "algorithm", "device", "threads", "backbone", "inpu
                   "p25_ms", "p75_ms", "min_ms", "ratio_to_erm", "paired_ratio_to_erm", "mean_ms",
                   "mean_ratio_to_erm",
                   "step_mem_mib", "state_mib", "mem_method")
+#: ``benchmark_times.csv``: every timed step, so the tables can be recomputed or tested
+#: otherwise (``position``: its place in that repetition's rotated order, from 0).
+TIME_COLUMNS = ("setting", "algorithm", "repetition", "position", "ms")
 PART_COLUMNS = ("setting", "algorithm", "part", "median_ms", "p25_ms", "p75_ms",
                 "update_median_ms", "share")
 
@@ -205,9 +209,9 @@ def _parts_once(alg, minibatches, device) -> dict[str, float]:
 
 def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: int,
                 warmup: int, seed: int = 0, log=print,
-                settle: int = 1) -> tuple[list[dict], list[dict], list[dict]]:
+                settle: int = 1) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """Benchmark ``algorithm_names`` on ``setting``; rows for the three tables (steps,
-    parts, paired comparisons). ``settle`` untimed steps of an algorithm precede each of
+    parts, paired comparisons, every timed step). ``settle`` untimed steps of an algorithm precede each of
     its timed steps (and each timed step of its parts)."""
     if settle < 0:
         raise ValueError(f"settle must be >= 0, got {settle}")
@@ -223,13 +227,16 @@ def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: 
             algs[name].update(minibatches)
 
     times: dict[str, list[float]] = {n: [] for n in names}
+    time_rows: list[dict] = []
     for rep in range(steps):
         k = rep % len(names)
-        for name in names[k:] + names[:k]:
+        for position, name in enumerate(names[k:] + names[:k]):
             for _ in range(settle):  # back in this algorithm's own steady state
                 algs[name].update(minibatches)
             seconds, _ = timed(lambda: algs[name].update(minibatches), device)
             times[name].append(seconds)
+            time_rows.append({"setting": setting.name, "algorithm": name, "repetition": rep,
+                              "position": position, "ms": round(seconds * 1e3, 3)})
         log(f"  [{setting.name}] repetition {rep + 1}/{steps} done")
 
     probe = StepMemory(device)
@@ -286,6 +293,8 @@ def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: 
             paired_rows.append({
                 "setting": setting.name, "algorithm": name, "reference": reference,
                 "steps": steps, "median_diff_ms": round(c["median_diff_ms"], 3),
+                **{k: None if c[k] is None else round(c[k], 3)
+                   for k in ("ci95_low_ms", "ci95_high_ms")},
                 "median_diff_erm_steps": None if c["median_diff_erm_steps"] is None
                 else round(c["median_diff_erm_steps"], 4),
                 "faster_share": round(c["faster_share"], 3),
@@ -296,7 +305,7 @@ def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: 
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return rows, part_rows, paired_rows
+    return rows, part_rows, paired_rows, time_rows
 
 
 # --------------------------------------------------------------------------------------
@@ -344,7 +353,8 @@ RESULT_TABLE = [("algorithm", "algorithm"), ("median_ms", "median ms"), ("p25_ms
                 ("mean_ratio_to_erm", "mean x ERM"), ("step_mem_mib", "step MiB"),
                 ("state_mib", "state MiB")]
 PAIRED_TABLE = [("algorithm", "algorithm"), ("reference", "against"),
-                ("median_diff_ms", "median diff ms"), ("median_diff_erm_steps", "in ERM steps"),
+                ("median_diff_ms", "median diff ms"), ("ci95_low_ms", "95% CI from"),
+                ("ci95_high_ms", "to"), ("median_diff_erm_steps", "in ERM steps"),
                 ("faster_share", "faster in"), ("wilcoxon_p_faster", "p (faster)")]
 PART_TABLE = [("algorithm", "algorithm"), ("part", "part"), ("median_ms", "median ms"),
               ("p25_ms", "p25"), ("p75_ms", "p75"), ("share", "share of update")]
@@ -360,12 +370,13 @@ def write_csv(path: Path, columns, rows: list[dict]) -> None:
 
 
 def write_outputs(output_dir: Path, env: dict, args: dict, rows, part_rows,
-                  paired_rows) -> None:
-    """``benchmark.csv``, ``benchmark_parts.csv``, ``benchmark_paired.csv`` and
-    ``benchmark.json`` in ``output_dir``."""
+                  paired_rows, time_rows=()) -> None:
+    """``benchmark.csv``, ``benchmark_parts.csv``, ``benchmark_paired.csv``,
+    ``benchmark_times.csv`` (every timed step) and ``benchmark.json`` in ``output_dir``."""
     for name, columns, data in (("benchmark.csv", RESULT_COLUMNS, rows),
                                 ("benchmark_parts.csv", PART_COLUMNS, part_rows),
-                                ("benchmark_paired.csv", PAIRED_COLUMNS, paired_rows)):
+                                ("benchmark_paired.csv", PAIRED_COLUMNS, paired_rows),
+                                ("benchmark_times.csv", TIME_COLUMNS, list(time_rows))):
         write_csv(output_dir / name, columns, data)
     with open(output_dir / "benchmark.json", "w") as f:
         json.dump({"environment": env, "args": args, "results": rows, "parts": part_rows,
@@ -391,19 +402,20 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     print(f"device: {env['device']} ({device}), torch {env['torch']}, "
           f"threads {env['threads']}, load average {env['loadavg']}, CPU kernels: {env['cpu_kernels']}; "
           f"allocator: {env['allocator']}")
-    rows, part_rows, paired_rows = [], [], []
+    rows, part_rows, paired_rows, time_rows = [], [], [], []
     for setting in settings:
         print(f"\nsetting {setting.name}: backbone {setting.backbone or 'DomainBed default'}, "
               f"input {setting.input_shape}, {setting.num_domains} domains x "
               f"{setting.batch_size}, hparams from {setting.dataset}; "
               f"{args.warmup} warm-up + {args.steps} timed steps each", flush=True)
         started = time.perf_counter()
-        r, p, c = run_setting(setting, args.algorithms, device, args.steps, args.warmup,
+        r, p, c, t = run_setting(setting, args.algorithms, device, args.steps, args.warmup,
                               args.seed, log=lambda msg: print(msg, file=sys.stderr, flush=True),
                               settle=args.settle)
         rows += r
         part_rows += p
         paired_rows += c
+        time_rows += t
         print(format_table(r, RESULT_TABLE))
         if p:
             print("\nparts of one surgery step (timed separately):")
@@ -415,7 +427,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     env["loadavg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     print(f"\nload average at the end: {env['loadavg_end']}")
     if args.output_dir:
-        write_outputs(Path(args.output_dir), env, vars(args), rows, part_rows, paired_rows)
+        write_outputs(Path(args.output_dir), env, vars(args), rows, part_rows, paired_rows,
+                      time_rows)
         print(f"wrote {args.output_dir}/benchmark.csv, benchmark_parts.csv, "
-              "benchmark_paired.csv, benchmark.json")
+              "benchmark_paired.csv, benchmark_times.csv, benchmark.json")
     return rows, part_rows
