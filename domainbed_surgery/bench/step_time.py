@@ -211,8 +211,8 @@ def run_setting(setting: Setting, algorithm_names, device: torch.device, steps: 
                 warmup: int, seed: int = 0, log=print,
                 settle: int = 1) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """Benchmark ``algorithm_names`` on ``setting``; rows for the three tables (steps,
-    parts, paired comparisons, every timed step). ``settle`` untimed steps of an algorithm precede each of
-    its timed steps (and each timed step of its parts)."""
+    parts, paired comparisons) and every timed step. ``settle`` untimed steps of an
+    algorithm precede each of its timed steps (and each timed step of its parts)."""
     if settle < 0:
         raise ValueError(f"settle must be >= 0, got {settle}")
     minibatches = make_minibatches(setting, device, seed)
@@ -410,8 +410,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
               f"{args.warmup} warm-up + {args.steps} timed steps each", flush=True)
         started = time.perf_counter()
         r, p, c, t = run_setting(setting, args.algorithms, device, args.steps, args.warmup,
-                              args.seed, log=lambda msg: print(msg, file=sys.stderr, flush=True),
-                              settle=args.settle)
+                                 args.seed,
+                                 log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                                 settle=args.settle)
         rows += r
         part_rows += p
         paired_rows += c
