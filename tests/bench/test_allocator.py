@@ -4,7 +4,8 @@ made for: AgrSum's training steps on the pretrained experiments' CPU setting
 
 By glibc's defaults such a step page-faults its re-allocated activations in again every
 time (AgrSum: 63,000-69,000 minor faults per step on the development machine,
-docs/results/cpu_step_time/allocator); kept, 512-743. The weights come out bitwise the same: only where memory comes from changes.
+docs/results/cpu_step_time/allocator); kept, 512-743. The weights come out bitwise the
+same: only where memory comes from changes.
 """
 
 from __future__ import annotations
