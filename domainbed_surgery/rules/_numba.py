@@ -15,7 +15,9 @@ import os
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import carray, cfunc, njit, prange, types
+from numba.extending import intrinsic
 
 # The default layer of a plain install: no extra runtime beside torch's OpenMP. It is not
 # thread-safe, so .compiled serializes the calls.
@@ -42,6 +44,46 @@ def _column(rows, j):  # pragma: no cover - compiled
     return s, positive | negative
 
 
+@njit(inline="always")
+def _agreeing_sum_block(rows, out, want_l1, b, conflicts, l1):  # pragma: no cover - compiled
+    """Block ``b`` of :func:`agreeing_sum`: its columns, its conflict count into
+    ``conflicts[b]`` and (``want_l1``) its float64 sum of ``|out|`` into ``l1[b]``."""
+    p = out.shape[0]
+    zero = out.dtype.type(0)
+    one, eight = np.uint64(1), np.uint64(8)
+    start = np.uint64(b * BLOCK)
+    stop = np.uint64(min(b * BLOCK + BLOCK, p))
+    count = 0
+    for j in range(start, stop):
+        s, agree = _column(rows, j)
+        out[j] = s if agree else zero
+        count += not agree
+    conflicts[b] = count
+    if want_l1:
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+        j = start
+        while j + eight <= stop:
+            a0 += abs(out[j])
+            a1 += abs(out[j + one])
+            a2 += abs(out[j + 2 * one])
+            a3 += abs(out[j + 3 * one])
+            a4 += abs(out[j + 4 * one])
+            a5 += abs(out[j + 5 * one])
+            a6 += abs(out[j + 6 * one])
+            a7 += abs(out[j + 7 * one])
+            j += eight
+        while j < stop:
+            a0 += abs(out[j])
+            j += one
+        l1[b] = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
+@njit(cache=True)
+def block_totals(conflicts, l1):  # pragma: no cover - compiled
+    """The per-block slots reduced in block order: (conflicting columns, sum of |out|)."""
+    return conflicts.sum(), l1.sum()
+
+
 @njit(parallel=True, cache=True, boundscheck=False)
 def agreeing_sum(rows, out, want_l1):  # pragma: no cover - compiled
     """``out[j] = rows[0][j] + rows[1][j] + ...`` where every row is > 0 or every row is
@@ -54,39 +96,12 @@ def agreeing_sum(rows, out, want_l1):  # pragma: no cover - compiled
     block, over the block still in cache, in 8 interleaved chains (column j into chain
     j % 8), added in a fixed order: the same value for any thread count.
     """
-    p = out.shape[0]
-    blocks = (p + BLOCK - 1) // BLOCK
+    blocks = (out.shape[0] + BLOCK - 1) // BLOCK
     conflicts = np.zeros(blocks, np.int64)
     l1 = np.zeros(blocks, np.float64)
-    zero = out.dtype.type(0)
-    one, eight = np.uint64(1), np.uint64(8)
     for b in prange(blocks):
-        start = np.uint64(b * BLOCK)
-        stop = np.uint64(min(b * BLOCK + BLOCK, p))
-        count = 0
-        for j in range(start, stop):
-            s, agree = _column(rows, j)
-            out[j] = s if agree else zero
-            count += not agree
-        conflicts[b] = count
-        if want_l1:
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-            j = start
-            while j + eight <= stop:
-                a0 += abs(out[j])
-                a1 += abs(out[j + one])
-                a2 += abs(out[j + 2 * one])
-                a3 += abs(out[j + 3 * one])
-                a4 += abs(out[j + 4 * one])
-                a5 += abs(out[j + 5 * one])
-                a6 += abs(out[j + 6 * one])
-                a7 += abs(out[j + 7 * one])
-                j += eight
-            while j < stop:
-                a0 += abs(out[j])
-                j += one
-            l1[b] = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-    return conflicts.sum(), l1.sum()
+        _agreeing_sum_block(rows, out, want_l1, b, conflicts, l1)
+    return block_totals(conflicts, l1)
 
 
 # -- Agr-Rand's noise: N(0, 1) draws by Marsaglia & Tsang's ziggurat -----------------------
@@ -192,6 +207,41 @@ def _normal(word, state, ki, wi, fi):  # pragma: no cover - compiled
     return _ziggurat_rest(state, layer, x, negative, ki, wi, fi)
 
 
+@njit(inline="always")
+def _noise_block(values, seed, scale, b, ki, wi, fi):  # pragma: no cover - compiled
+    """Block ``b`` of :func:`noise_where_zero`, in two loops: the first test of every draw
+    (98.5% end there), then, in column order, the rest of the rejected ones. The same draws
+    as one loop, but the hot loop makes no call: a call in it made a serially compiled
+    block 15x slower."""
+    p = values.shape[0]
+    zero = values.dtype.type(0)
+    base = _mix(np.uint64(seed) ^ _mix(np.uint64(b) * _GAMMA))
+    start = np.uint64(b * BLOCK)
+    stop = np.uint64(min(b * BLOCK + BLOCK, p))
+    one, bits = np.uint64(1), np.uint64(32)
+    rejected = np.empty(stop - start, np.uint64)
+    n_rejected = 0
+    for j in range(start, stop):  # unsigned: no negative-index wrap
+        word = _mix(base + ((j - start) >> one) * _GAMMA)
+        word = (word >> bits) if (j - start) & one else (word & _LOW32)
+        layer, negative, z, accepted = _first_test(word, ki, wi)
+        v = values[j]
+        if accepted:
+            values[j] = z * scale if v == zero else v
+        else:
+            rejected[n_rejected] = j
+            n_rejected += 1
+    state = _mix(base ^ _M2)
+    for k in range(n_rejected):
+        j = rejected[k]
+        word = _mix(base + ((j - start) >> one) * _GAMMA)
+        word = (word >> bits) if (j - start) & one else (word & _LOW32)
+        layer, negative, z, accepted = _first_test(word, ki, wi)
+        state, z = _ziggurat_rest(state, layer, z, negative, ki, wi, fi)
+        v = values[j]
+        values[j] = z * scale if v == zero else v
+
+
 @njit(parallel=True, cache=True, boundscheck=False)
 def noise_where_zero(values, seed, scale, ki, wi, fi):  # pragma: no cover - compiled
     """``values[j] = scale * z_j`` where ``values[j] == 0``, ``z_j`` N(0, 1) (float32).
@@ -201,22 +251,125 @@ def noise_where_zero(values, seed, scale, ki, wi, fi):  # pragma: no cover - com
     columns each) with ``base_b = mix(seed ^ mix(b * gamma))``; its rejected draws continue
     from the stream at ``mix(base_b ^ M2)``.
     """
-    p = values.shape[0]
-    blocks = (p + BLOCK - 1) // BLOCK
-    zero = values.dtype.type(0)
-    for b in prange(blocks):
-        base = _mix(np.uint64(seed) ^ _mix(np.uint64(b) * _GAMMA))
-        state = _mix(base ^ _M2)
-        start = np.uint64(b * BLOCK)
-        stop = np.uint64(min(b * BLOCK + BLOCK, p))
-        one = np.uint64(1)
-        for j in range(start, stop, np.uint64(2)):  # unsigned: no negative-index wrap
-            word = _mix(base + ((j - start) >> one) * _GAMMA)
-            state, z = _normal(word & _LOW32, state, ki, wi, fi)
-            v = values[j]
-            values[j] = z * scale if v == zero else v
-            if j + one < stop:
-                state, z = _normal(word >> np.uint64(32), state, ki, wi, fi)
-                v = values[j + one]
-                values[j + one] = z * scale if v == zero else v
+    for b in prange((values.shape[0] + BLOCK - 1) // BLOCK):
+        _noise_block(values, seed, scale, b, ki, wi, fi)
 
+
+# -- The same kernels as tasks for torch's own OpenMP threads ----------------------------
+# After a parallel torch operation (the step's backward), torch's idle OpenMP thread keeps
+# spinning for a while; a kernel on Numba's own threads then shares a core with it and runs
+# no faster than on one thread (measured: the noise for 1 M columns took 1.7 ms on one or
+# two Numba threads right after a step's backward, 1.0 ms on two threads otherwise). The
+# tasks below are C callbacks that .compiled hands to torch's libgomp (``GOMP_parallel``),
+# so the thread that spins picks them up. The threads take blocks from a shared atomic
+# counter; each block's result lands in its own slot, as in the kernels above, so the
+# results are the same bits as theirs. Arguments come as one int64 array (``task``): slot 0
+# is the counter, then the fields named by the *_FIELDS tuples.
+
+#: Rows (domains) the agreeing-sum task is compiled for; more rows use the kernel above.
+TASK_MAX_ROWS = 8
+#: The agreeing-sum task's fields, after the counter.
+AGREEING_SUM_FIELDS = ("rows", "columns", "row_stride", "want_l1", "grads", "out",
+                       "conflicts", "l1", "counter_address")
+#: The noise task's fields, after the counter (``scale`` as the bits of a float64).
+NOISE_FIELDS = ("columns", "seed", "scale", "values", "counter_address")
+
+
+def _pointer_to(numba_type):
+    """An intrinsic: an int64 address as a ``numba_type*`` (for ``numba.carray``)."""
+    @intrinsic
+    def pointer(typingctx, address):
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+        return types.CPointer(numba_type)(types.int64), codegen
+    return pointer
+
+
+_f32_at = _pointer_to(types.float32)
+_f64_at = _pointer_to(types.float64)
+_i64_at = _pointer_to(types.int64)
+
+
+@intrinsic
+def _take_block(typingctx, counter):
+    """Atomically ``counter[0] += 1``; returns the value before (the block to do)."""
+    def codegen(context, builder, signature, args):
+        return builder.atomic_rmw("add", args[0], ir.Constant(ir.IntType(64), 1), "monotonic")
+    return types.int64(types.CPointer(types.int64)), codegen
+
+
+@njit(cache=True, boundscheck=False)
+def _agreeing_sum_rows(g, n, p, s, out, want_l1, b, conflicts, l1):  # pragma: no cover
+    """Block ``b`` of :func:`agreeing_sum` over the ``n`` rows of ``g`` (flat, row stride
+    ``s``), as a tuple of ``n`` rows so that the row loop unrolls."""
+    if n == 2:
+        _agreeing_sum_block((g[:p], g[s:s + p]), out, want_l1, b, conflicts, l1)
+    elif n == 3:
+        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p]),
+                            out, want_l1, b, conflicts, l1)
+    elif n == 4:
+        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p]),
+                            out, want_l1, b, conflicts, l1)
+    elif n == 5:
+        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
+                             g[4 * s:4 * s + p]), out, want_l1, b, conflicts, l1)
+    elif n == 6:
+        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
+                             g[4 * s:4 * s + p], g[5 * s:5 * s + p]),
+                            out, want_l1, b, conflicts, l1)
+    elif n == 7:
+        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
+                             g[4 * s:4 * s + p], g[5 * s:5 * s + p], g[6 * s:6 * s + p]),
+                            out, want_l1, b, conflicts, l1)
+    elif n == 8:
+        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
+                             g[4 * s:4 * s + p], g[5 * s:5 * s + p], g[6 * s:6 * s + p],
+                             g[7 * s:7 * s + p]), out, want_l1, b, conflicts, l1)
+
+
+@njit(inline="always")
+def _agreeing_sum_task(task, g, out):  # pragma: no cover - compiled
+    n, p, s, want_l1 = task[1], task[2], task[3], task[4] != 0
+    blocks = (p + BLOCK - 1) // BLOCK
+    conflicts = carray(_i64_at(task[7]), (blocks,))
+    l1 = carray(_f64_at(task[8]), (blocks,))
+    counter = _i64_at(task[9])
+    while True:
+        b = _take_block(counter)
+        if b >= blocks:
+            break
+        _agreeing_sum_rows(g, n, p, s, out, want_l1, b, conflicts, l1)
+
+
+@cfunc(types.void(types.voidptr), cache=True)
+def agreeing_sum_task_f32(data):  # pragma: no cover - compiled
+    """:func:`agreeing_sum` on float32 rows, as an OpenMP task (fields: AGREEING_SUM_FIELDS)."""
+    task = carray(data, (1 + len(AGREEING_SUM_FIELDS),), np.int64)
+    _agreeing_sum_task(task, carray(_f32_at(task[5]), ((task[1] - 1) * task[3] + task[2],)),
+                       carray(_f32_at(task[6]), (task[2],)))
+
+
+@cfunc(types.void(types.voidptr), cache=True)
+def agreeing_sum_task_f64(data):  # pragma: no cover - compiled
+    """:func:`agreeing_sum` on float64 rows, as an OpenMP task (fields: AGREEING_SUM_FIELDS)."""
+    task = carray(data, (1 + len(AGREEING_SUM_FIELDS),), np.int64)
+    _agreeing_sum_task(task, carray(_f64_at(task[5]), ((task[1] - 1) * task[3] + task[2],)),
+                       carray(_f64_at(task[6]), (task[2],)))
+
+
+@njit(cache=True, boundscheck=False)
+def _noise_blocks(values, seed, scale, counter):  # pragma: no cover - compiled
+    blocks = (values.shape[0] + BLOCK - 1) // BLOCK
+    while True:
+        b = _take_block(counter)
+        if b >= blocks:
+            break
+        _noise_block(values, seed, scale, b, KI, WI, FI)
+
+
+@cfunc(types.void(types.voidptr), cache=True)
+def noise_task_f32(data):  # pragma: no cover - compiled
+    """:func:`noise_where_zero` on float32 values, as an OpenMP task (fields: NOISE_FIELDS)."""
+    task = carray(data, (1 + len(NOISE_FIELDS),), np.int64)
+    _noise_blocks(carray(_f32_at(task[4]), (task[1],)), np.uint64(task[2]),
+                  np.float32(task[3:4].view(np.float64)[0]), _i64_at(task[5]))

@@ -6,13 +6,21 @@ the same bits (the same additions in the same order). Agr-Rand's noise is drawn 
 compiled ziggurat straight into the zeros of its agreeing sum, in one pass. Without Numba,
 off the CPU, for other dtypes or with ``DOMAINBED_SURGERY_COMPILED=0``, the torch code runs
 instead: the same results, slower.
+
+Where torch runs on GNU OpenMP (its Linux wheels), the kernels run on torch's own OpenMP
+threads (``GOMP_parallel`` of the libgomp torch loaded): right after the step's backward,
+torch's idle thread still spins, and a kernel on Numba's threads would share a core with
+it. Elsewhere, or with ``DOMAINBED_SURGERY_OPENMP=0``, Numba's threads run them. Both
+give the same bits.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import threading
+import warnings
 from typing import Callable, Optional
 
 import numpy as np
@@ -26,6 +34,7 @@ __all__ = ["enabled", "describe", "applies", "agreeing_sum", "noise_applies",
 DTYPES = (torch.float32, torch.float64)
 _LOCK = threading.Lock()  # the kernels' threading layer takes one caller at a time
 _kernels = None
+_gomp = None  # torch's libgomp, once checked; False where the kernels use Numba's threads
 
 
 def enabled() -> bool:
@@ -40,7 +49,8 @@ def describe() -> str:
         return "torch (Numba not installed or DOMAINBED_SURGERY_COMPILED=0)"
     import numba  # noqa: PLC0415
 
-    return f"numba {numba.__version__}"
+    where = "torch's OpenMP threads" if _torch_openmp() else "Numba's threads"
+    return f"numba {numba.__version__} on {where}"
 
 
 def _loaded():
@@ -66,6 +76,89 @@ def _run(kernel: Callable, *args):
         return kernel(*args)
 
 
+def _torch_openmp():
+    """torch's libgomp (a ctypes library), when the kernels run on its threads; else None.
+
+    Only the libgomp already loaded (``RTLD_NOLOAD``) and only when torch's parallel backend
+    is OpenMP: loading another copy would add a second pool of threads. Checked once, with
+    a known answer: the tasks must give the kernels' bits, or Numba's threads are used
+    (with a warning)."""
+    global _gomp
+    if os.environ.get("DOMAINBED_SURGERY_OPENMP", "1") == "0" or not enabled():
+        return None
+    if _gomp is None:
+        _gomp = False
+        if "ATen parallel backend: OpenMP" in torch.__config__.parallel_info():
+            try:
+                lib = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+                lib.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint,
+                                              ctypes.c_uint]
+                lib.GOMP_parallel.restype = None
+            except (OSError, AttributeError):
+                lib = None
+            if lib is not None:
+                _gomp = lib if _tasks_agree(lib) else False
+    return _gomp or None
+
+
+def _task(task_kernel, fields: dict, names: tuple, lib=None) -> None:
+    """Run an OpenMP task of :mod:`._numba` on torch's threads: slot 0 the block counter,
+    then ``fields`` in the order of ``names``."""
+    task = np.zeros(1 + len(names), np.int64)
+    for i, name in enumerate(names, 1):
+        task[i] = fields[name] if name != "counter_address" else task.ctypes.data
+    with _LOCK:
+        (lib or _gomp).GOMP_parallel(task_kernel.address, task.ctypes.data,
+                                     max(1, torch.get_num_threads()), 0)
+
+
+def _agreeing_sum_on(lib, grads: Tensor, out: Tensor, l1: bool) -> tuple:
+    kernels = _loaded()
+    blocks = (out.numel() + kernels.BLOCK - 1) // kernels.BLOCK
+    conflicts, l1_slots = np.zeros(blocks, np.int64), np.zeros(blocks, np.float64)
+    task = (kernels.agreeing_sum_task_f32 if grads.dtype == torch.float32
+            else kernels.agreeing_sum_task_f64)
+    _task(task, {"rows": grads.shape[0], "columns": grads.shape[1],
+                 "row_stride": grads.stride(0), "want_l1": int(l1), "grads": grads.data_ptr(),
+                 "out": out.data_ptr(), "conflicts": conflicts.ctypes.data,
+                 "l1": l1_slots.ctypes.data}, kernels.AGREEING_SUM_FIELDS, lib)
+    return kernels.block_totals(conflicts, l1_slots)
+
+
+def _noise_on(lib, values: Tensor, seed: int, scale: float) -> None:
+    kernels = _loaded()
+    _task(kernels.noise_task_f32, {
+        "columns": values.numel(), "seed": int(np.uint64(seed).astype(np.int64)),
+        "scale": int(np.float64(scale).view(np.int64)), "values": values.data_ptr()},
+        kernels.NOISE_FIELDS, lib)
+
+
+def _tasks_agree(lib) -> bool:
+    """Whether the OpenMP tasks give the bits of Numba's kernels on a known input (three
+    blocks and a bit, zeros included)."""
+    try:
+        kernels = _loaded()
+        gen = torch.Generator().manual_seed(0)
+        grads = torch.randn(3, 3 * kernels.BLOCK + 5, generator=gen)
+        grads[:, ::7] = 0
+        by_task, by_kernel = torch.empty(grads.shape[1]), torch.empty(grads.shape[1])
+        task_totals = _agreeing_sum_on(lib, grads, by_task, True)
+        kernel_totals = _run(kernels.agreeing_sum, tuple(r.numpy() for r in grads),
+                             by_kernel.numpy(), True)
+        _noise_on(lib, by_task, 12345, 0.5)
+        _run(kernels.noise_where_zero, by_kernel.numpy(), np.uint64(12345), np.float32(0.5),
+             kernels.KI, kernels.WI, kernels.FI)
+        agree = torch.equal(by_task, by_kernel) and tuple(task_totals) == tuple(kernel_totals)
+    except Exception as exc:  # noqa: BLE001 - any failure: Numba's threads, said once
+        agree, why = False, f"{type(exc).__name__}: {exc}"
+    else:
+        why = "they gave other bits than Numba's kernels on a known input"
+    if not agree:
+        warnings.warn(f"domainbed_surgery: the CPU kernels run on Numba's threads, not on "
+                      f"torch's OpenMP threads ({why})", RuntimeWarning, stacklevel=3)
+    return agree
+
+
 def applies(grads: Tensor, out: Tensor) -> bool:
     """Whether :func:`agreeing_sum` runs compiled for ``grads`` ([N >= 2, K]) into ``out``
     ([K]): enabled, CPU, one dtype of :data:`DTYPES`, contiguous rows, no autograd."""
@@ -81,8 +174,12 @@ def agreeing_sum(grads: Tensor, out: Tensor,
     where it does not :func:`applies`."""
     if not applies(grads, out):
         return None
-    rows = tuple(row.numpy() for row in grads)
-    conflicts, total = _run(_loaded().agreeing_sum, rows, out.numpy(), l1)
+    lib = _torch_openmp()
+    if lib is not None and grads.shape[0] <= _loaded().TASK_MAX_ROWS:
+        conflicts, total = _agreeing_sum_on(lib, grads, out, l1)
+    else:
+        rows = tuple(row.numpy() for row in grads)
+        conflicts, total = _run(_loaded().agreeing_sum, rows, out.numpy(), l1)
     return int(conflicts), float(total) if l1 else None
 
 
@@ -98,6 +195,10 @@ def noise_where_zero(values: Tensor, seed: int, scale: float) -> bool:
     thread count); False (nothing written) where it does not :func:`noise_applies`."""
     if not noise_applies(values):
         return False
+    lib = _torch_openmp()
+    if lib is not None:
+        _noise_on(lib, values, seed, scale)
+        return True
     kernels = _loaded()
     _run(kernels.noise_where_zero, values.numpy(), np.uint64(seed), np.float32(scale),
          kernels.KI, kernels.WI, kernels.FI)

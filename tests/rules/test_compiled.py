@@ -216,3 +216,118 @@ def test_describe_names_what_runs(monkeypatch):
     monkeypatch.setenv("DOMAINBED_SURGERY_COMPILED", "0")
     assert not compiled.enabled() and compiled.describe().startswith("torch")
     assert compiled.agreeing_sum(torch.randn(3, 4), torch.empty(4)) is None
+
+
+# -- the kernels as tasks on torch's OpenMP threads -----------------------------------------
+def torch_openmp_or_skip():
+    lib = compiled._torch_openmp()
+    if lib is None:
+        pytest.skip("torch does not run on GNU OpenMP here: the kernels use Numba's threads")
+    return lib
+
+
+def numba_kernel_agreeing_sum(g, out, l1=True):
+    from domainbed_surgery.rules import _numba
+
+    return compiled._run(_numba.agreeing_sum, tuple(r.numpy() for r in g), out.numpy(), l1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 8), p=st.integers(1, 3 * 16384 + 50), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float32, torch.float64]), l1=st.booleans())
+def test_agreeing_sum_task_gives_the_kernels_bits(n, p, seed, dtype, l1):
+    """On torch's threads: the same update, conflict count and float64 sum of |out| as
+    Numba's kernel, for every number of rows the task is compiled for."""
+    lib = torch_openmp_or_skip()
+    g = with_zeros(n, p, seed, dtype)
+    by_task = torch.full((p,), float("nan"), dtype=dtype)
+    by_kernel = torch.full((p,), float("nan"), dtype=dtype)
+    conflicts, total = compiled._agreeing_sum_on(lib, g, by_task, l1)
+    assert (conflicts, total) == numba_kernel_agreeing_sum(g, by_kernel, l1)
+    assert torch.equal(by_task, by_kernel)
+    assert torch.equal(by_task, torch_agreeing_sum(g)[0])
+
+
+def test_agreeing_sum_task_reads_rows_of_a_wider_matrix():
+    """Rows with a stride larger than their length (a column slice of [N, P]): the task
+    reads each row's own columns."""
+    lib = torch_openmp_or_skip()
+    wide = with_zeros(3, 3 * block() + 40, seed=12)
+    g = wide[:, 17:17 + 2 * block() + 5]
+    out = torch.empty(g.shape[1])
+    conflicts, _ = compiled._agreeing_sum_on(lib, g, out, True)
+    expected, expected_conflicts, _ = torch_agreeing_sum(g.contiguous())
+    assert torch.equal(out, expected) and conflicts == expected_conflicts
+
+
+def test_more_rows_than_the_task_is_compiled_for_use_numbas_kernel():
+    from domainbed_surgery.rules import _numba
+
+    torch_openmp_or_skip()
+    g = with_zeros(_numba.TASK_MAX_ROWS + 1, 1000, seed=4)
+    out = torch.empty(1000)
+    conflicts, _ = compiled.agreeing_sum(g, out)
+    expected, expected_conflicts, _ = torch_agreeing_sum(g)
+    assert torch.equal(out, expected) and conflicts == expected_conflicts
+
+
+@pytest.mark.parametrize("seed", [0, 2**63 + 12345, 2**64 - 1])
+def test_noise_task_gives_the_kernels_draws(seed, monkeypatch):
+    """The same draws on torch's threads as on Numba's, for seeds across the 64-bit range
+    (the task receives the seed as the bits of an int64)."""
+    torch_openmp_or_skip()
+    p = 4 * block() + 9
+    values = with_zeros(1, p, seed=1)[0]
+    by_task = values.clone()
+    assert compiled.noise_where_zero(by_task, seed, 0.25)
+    monkeypatch.setenv("DOMAINBED_SURGERY_OPENMP", "0")
+    by_kernel = values.clone()
+    assert compiled.noise_where_zero(by_kernel, seed, 0.25)
+    assert torch.equal(by_task, by_kernel)
+    assert torch.equal(by_task[values != 0], values[values != 0])  # nonzeros kept
+
+
+def test_tasks_do_not_depend_on_the_thread_count():
+    torch_openmp_or_skip()
+    g = with_zeros(3, 5 * block() + 3, seed=8)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            out = torch.empty(g.shape[1])
+            totals = compiled.agreeing_sum(g, out)
+            compiled.noise_where_zero(out, 99, 1.5)
+            results.append((out, totals))
+    finally:
+        torch.set_num_threads(threads)
+    for out, totals in results[1:]:
+        assert torch.equal(out, results[0][0]) and totals == results[0][1]
+
+
+def test_tasks_that_disagree_with_the_kernels_fall_back_to_numbas_threads(monkeypatch):
+    """The first use checks the tasks against the kernels on a known input; a task giving
+    other bits (here: a corrupted update) means Numba's threads, with a warning."""
+    lib = torch_openmp_or_skip()
+    real = compiled._agreeing_sum_on
+
+    def corrupted(lib, grads, out, l1):
+        totals = real(lib, grads, out, l1)
+        out[0] += 1.0
+        return totals
+
+    monkeypatch.setattr(compiled, "_gomp", None)
+    monkeypatch.setattr(compiled, "_agreeing_sum_on", corrupted)
+    with pytest.warns(RuntimeWarning, match="Numba's threads"):
+        assert compiled._torch_openmp() is None
+    assert compiled.describe().endswith("on Numba's threads")
+    monkeypatch.setattr(compiled, "_gomp", None)
+    monkeypatch.setattr(compiled, "_agreeing_sum_on", real)
+    assert compiled._torch_openmp()._handle == lib._handle  # passes again: torch's threads
+
+
+def test_describe_says_whose_threads_run_the_kernels(monkeypatch):
+    torch_openmp_or_skip()
+    assert compiled.describe().endswith("on torch's OpenMP threads")
+    monkeypatch.setenv("DOMAINBED_SURGERY_OPENMP", "0")
+    assert compiled.describe().endswith("on Numba's threads")
