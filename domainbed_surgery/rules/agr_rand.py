@@ -49,9 +49,10 @@ class AgrRand(ElementwiseRule):
         """:meth:`combine_chunk` over all columns by the compiled kernel (its float64
         ``sum |g*|`` is summed block by block rather than chunk by chunk: the same value up
         to rounding)."""
-        conflicts, l1 = compiled.agreeing_sum(grads, out)
-        return torch.tensor(conflicts), torch.tensor([l1, out.numel() - conflicts],
-                                                     dtype=torch.float64)
+        fused = compiled.agreeing_sum(grads, out)
+        return (torch.tensor(fused.conflicts),
+                torch.tensor([fused.l1, out.numel() - fused.conflicts], dtype=torch.float64),
+                fused.sq_norms)
 
     def finish(self, out, partial, generator):
         """Noise where the domains conflict: exactly the zeros of ``out``, since an agreeing

@@ -26,5 +26,5 @@ class AgrSum(ElementwiseRule):
         return compiled.applies(grads, out)
 
     def combine_fused(self, grads, out):
-        conflicts, _ = compiled.agreeing_sum(grads, out, l1=False)
-        return torch.tensor(conflicts), None
+        fused = compiled.agreeing_sum(grads, out, l1=False)
+        return torch.tensor(fused.conflicts), None, fused.sq_norms

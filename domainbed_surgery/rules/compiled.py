@@ -21,13 +21,13 @@ import importlib.util
 import os
 import threading
 import warnings
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["enabled", "describe", "applies", "agreeing_sum", "noise_applies",
+__all__ = ["enabled", "describe", "applies", "AgreeingSum", "agreeing_sum", "noise_applies",
            "noise_where_zero", "standard_normal"]
 
 #: The dtypes the kernels are compiled for.
@@ -116,13 +116,15 @@ def _agreeing_sum_on(lib, grads: Tensor, out: Tensor, l1: bool) -> tuple:
     kernels = _loaded()
     blocks = (out.numel() + kernels.BLOCK - 1) // kernels.BLOCK
     conflicts, l1_slots = np.zeros(blocks, np.int64), np.zeros(blocks, np.float64)
+    sq_slots = np.zeros((blocks, grads.shape[0]), np.float64)
     task = (kernels.agreeing_sum_task_f32 if grads.dtype == torch.float32
             else kernels.agreeing_sum_task_f64)
     _task(task, {"rows": grads.shape[0], "columns": grads.shape[1],
                  "row_stride": grads.stride(0), "want_l1": int(l1), "grads": grads.data_ptr(),
                  "out": out.data_ptr(), "conflicts": conflicts.ctypes.data,
-                 "l1": l1_slots.ctypes.data}, kernels.AGREEING_SUM_FIELDS, lib)
-    return kernels.block_totals(conflicts, l1_slots)
+                 "l1": l1_slots.ctypes.data, "sq": sq_slots.ctypes.data},
+          kernels.AGREEING_SUM_FIELDS, lib)
+    return kernels.block_totals(conflicts, l1_slots, sq_slots)
 
 
 def _noise_on(lib, values: Tensor, seed: int, scale: float) -> None:
@@ -148,7 +150,8 @@ def _tasks_agree(lib) -> bool:
         _noise_on(lib, by_task, 12345, 0.5)
         _run(kernels.noise_where_zero, by_kernel.numpy(), np.uint64(12345), np.float32(0.5),
              kernels.KI, kernels.WI, kernels.FI)
-        agree = torch.equal(by_task, by_kernel) and tuple(task_totals) == tuple(kernel_totals)
+        agree = (torch.equal(by_task, by_kernel) and task_totals[:2] == kernel_totals[:2]
+                 and np.array_equal(task_totals[2], kernel_totals[2]))
     except Exception as exc:  # noqa: BLE001 - any failure: Numba's threads, said once
         agree, why = False, f"{type(exc).__name__}: {exc}"
     else:
@@ -166,21 +169,33 @@ def applies(grads: Tensor, out: Tensor) -> bool:
         and _usable(grads, out)
 
 
-def agreeing_sum(grads: Tensor, out: Tensor,
-                 l1: bool = True) -> Optional[tuple[int, Optional[float]]]:
+class AgreeingSum(NamedTuple):
+    """What :func:`agreeing_sum` returns besides the update it writes."""
+
+    conflicts: int  # columns where Eq. 2 fails
+    l1: Optional[float]  # sum of |out| in float64 (Agr-Rand's sigma); None when not asked
+    sq_norms: Tensor  # [N] float64: each row's squared norm (the finiteness check)
+
+
+def agreeing_sum(grads: Tensor, out: Tensor, l1: bool = True) -> Optional[AgreeingSum]:
     """Agr-Sum of ``grads`` ([N, K]) into ``out``: the sum where all rows are > 0 or all
-    < 0, else 0; returns (conflicting columns, sum of ``|out|`` in float64, or None without
-    ``l1``: Agr-Sum does not need it, Agr-Rand's sigma does), or None (nothing written)
-    where it does not :func:`applies`."""
+    < 0, else 0, in one read of ``grads`` that also takes its rows' squared norms; returns
+    an :class:`AgreeingSum` (``l1`` is needed by Agr-Rand's sigma, not by Agr-Sum), or None
+    (nothing written) where it does not :func:`applies`.
+
+    The update, count and ``l1`` are the torch code's bits. The squared norms are float64
+    sums reassociated to vectorize (block by block, so the same for any thread count, but
+    not the bits of torch's float32 dots)."""
     if not applies(grads, out):
         return None
     lib = _torch_openmp()
     if lib is not None and grads.shape[0] <= _loaded().TASK_MAX_ROWS:
-        conflicts, total = _agreeing_sum_on(lib, grads, out, l1)
+        conflicts, total, sq_norms = _agreeing_sum_on(lib, grads, out, l1)
     else:
         rows = tuple(row.numpy() for row in grads)
-        conflicts, total = _run(_loaded().agreeing_sum, rows, out.numpy(), l1)
-    return int(conflicts), float(total) if l1 else None
+        conflicts, total, sq_norms = _run(_loaded().agreeing_sum, rows, out.numpy(), l1)
+    return AgreeingSum(int(conflicts), float(total) if l1 else None,
+                       torch.from_numpy(sq_norms))
 
 
 def noise_applies(values: Tensor) -> bool:

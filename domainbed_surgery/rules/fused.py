@@ -48,7 +48,9 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
     runs afterwards (e.g. ``weights @ grads``). ``segments`` (sizes of consecutive column
     ranges, e.g. parameter tensors) also counts the agreeing components of each range.
     Without ``diagnostics`` neither the count nor, unless ``gram`` asks for it, the
-    N(N-1)/2 inner products besides the N squared norms (the finiteness check) are taken.
+    N(N-1)/2 inner products besides the N squared norms (the finiteness check) are taken;
+    where a compiled kernel runs the rule (:mod:`.compiled`), those norms come from its own
+    read of the columns (float64, summed in another order than the Gram diagonal's).
     """
     check_grads(grads)
     n, p = grads.shape
@@ -60,14 +62,15 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
         out = grads.new_empty(p)
     bounds = _bounds(segments, p) if diagnostics else None
     dots, n_conflicts, partials, segment_conflicts = [], [], [], []
-    # A compiled kernel (CPU) does the rule and the conflict count in one read of all
-    # columns, after the dots (between torch's dots chunk by chunk it would pay the hand-over
-    # of the two thread pools each time); the chunks then only give the dots.
+    # A compiled kernel (CPU) does the rule, the conflict count and the squared norms in one
+    # read of all columns; the chunks then only give the Gram matrix, where one is wanted
+    # (before the kernel: between torch's dots chunk by chunk it would pay the hand-over of
+    # the thread pools each time).
     fused = rule is not None and bounds is None and rule.fuses(grads, out)
     masks = not fused and (rule is not None or diagnostics)  # the chunks compute conflicts
     if masks:
         conflicts, low, high, scratch = scratch_buffers(min(chunk, p), grads[0])
-    for cols in column_chunks(p, chunk):
+    for cols in column_chunks(p, chunk) if gram or not fused else ():
         part = grads[:, cols]
         k = part.shape[1]
         dots += upper_dots(part) if gram else [torch.dot(row, row) for row in part]
@@ -83,13 +86,15 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
             if partial is not None:
                 partials.append(partial)
     if fused:
-        count, partial = rule.combine_fused(grads, out)
+        count, partial, fused_norms = rule.combine_fused(grads, out)
         n_conflicts.append(count)
         if partial is not None:
             partials.append(partial)
     if gram:
         matrix = widened_if_overflowed(gram_from_dots(dots, n, grads.device), grads, chunk)
         sq_norms = matrix.diagonal().clone()
+    elif fused:
+        matrix, sq_norms = None, fused_norms
     else:
         matrix, sq_norms = None, norms_from_dots(dots, grads, chunk)
     return OnePass(sq_norms, matrix,

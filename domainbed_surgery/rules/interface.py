@@ -170,10 +170,11 @@ class ElementwiseRule(Rule):
         """Whether :meth:`combine_fused` applies to these tensors (default: never)."""
         return False
 
-    def combine_fused(self, grads: Tensor, out: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    def combine_fused(self, grads: Tensor,
+                      out: Tensor) -> tuple[Tensor, Optional[Tensor], Tensor]:
         """:meth:`combine_chunk` over all columns without a conflict mask, in one read of
         ``grads`` (a compiled kernel), where :meth:`fuses`; returns (conflicting columns,
-        the statistic over all columns)."""
+        the statistic over all columns, the rows' float64 squared norms)."""
         raise NotImplementedError(f"{self.name} has no fused kernel")
 
     def finish(self, out: Tensor, partial: Optional[Tensor],

@@ -54,11 +54,14 @@ def torch_agreeing_sum(g):
 def test_agreeing_sum_is_bitwise_torchs(n, p, seed, dtype):
     g = with_zeros(n, p, seed, dtype)
     out = torch.full((p,), float("nan"), dtype=dtype)
-    conflicts, l1 = compiled.agreeing_sum(g, out)
+    conflicts, l1, sq_norms = compiled.agreeing_sum(g, out)
     expected, expected_conflicts, expected_l1 = torch_agreeing_sum(g)
     assert torch.equal(out, expected)
     assert conflicts == expected_conflicts
     assert l1 == pytest.approx(expected_l1, rel=1e-12)
+    reference = (g.double() ** 2).sum(dim=1)  # float64 squares: only the order differs
+    assert sq_norms.dtype == torch.float64
+    torch.testing.assert_close(sq_norms, reference, rtol=1e-12, atol=0)
 
 
 def test_agreeing_sum_without_l1_writes_the_same_bits():
@@ -66,8 +69,10 @@ def test_agreeing_sum_without_l1_writes_the_same_bits():
     count, across block boundaries, as the call Agr-Rand makes."""
     g = with_zeros(3, 3 * block() + 5, seed=7)
     with_l1, without = torch.empty(g.shape[1]), torch.empty(g.shape[1])
-    conflicts, l1 = compiled.agreeing_sum(g, with_l1)
-    assert compiled.agreeing_sum(g, without, l1=False) == (conflicts, None)
+    conflicts, l1, sq_norms = compiled.agreeing_sum(g, with_l1)
+    lean = compiled.agreeing_sum(g, without, l1=False)
+    assert lean.conflicts == conflicts and lean.l1 is None
+    assert torch.equal(lean.sq_norms, sq_norms)
     assert torch.equal(with_l1.view(torch.int32), without.view(torch.int32))
     assert isinstance(l1, float) and l1 > 0
 
@@ -77,11 +82,12 @@ def test_agreeing_sum_hand_computed():
                       [2.0, -1.0, 0.0, -3.0, 1.0, 1e-45],
                       [0.5, -4.0, 0.0, 1.0, 1.0, 1e-45]])
     out = torch.empty(6)
-    conflicts, l1 = compiled.agreeing_sum(g, out)
+    conflicts, l1, sq_norms = compiled.agreeing_sum(g, out)
     # agree, agree, all zero (conflict), mixed signs, -0.0 (conflict), tiny but agreeing
     assert out.tolist() == [3.5, -7.0, 0.0, 0.0, 0.0, pytest.approx(3 * 1.401298464324817e-45)]
     assert conflicts == 3
     assert l1 == pytest.approx(10.5)
+    assert sq_norms.tolist() == pytest.approx([14.0, 15.0, 18.25])  # 1 + 4 + 9, ...; 1e-45 squared is 0
 
 
 def test_agreeing_sum_declines_what_it_is_not_compiled_for():
@@ -98,9 +104,15 @@ def test_agreeing_sum_declines_what_it_is_not_compiled_for():
     assert not rules.get("AgrSum")().fuses(meta, torch.empty(10, device="meta"))
 
 
-def test_agreeing_sum_does_not_depend_on_the_thread_count():
+def same_totals(a, b):
+    return (a.conflicts, a.l1) == (b.conflicts, b.l1) and torch.equal(a.sq_norms, b.sq_norms)
+
+
+@pytest.mark.parametrize("openmp", ["1", "0"])  # torch's OpenMP threads where torch has them
+def test_agreeing_sum_does_not_depend_on_the_thread_count(openmp, monkeypatch):
     import numba
 
+    monkeypatch.setenv("DOMAINBED_SURGERY_OPENMP", openmp)
     g = with_zeros(3, 5 * block() + 3, seed=3)
     results = []
     threads = torch.get_num_threads()
@@ -111,7 +123,7 @@ def test_agreeing_sum_does_not_depend_on_the_thread_count():
             results.append((out, compiled.agreeing_sum(g, out)))
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+    assert torch.equal(results[0][0], results[1][0]) and same_totals(results[0][1], results[1][1])
 
 
 def test_ziggurat_tables_are_marsaglia_tsangs():
@@ -242,8 +254,10 @@ def test_agreeing_sum_task_gives_the_kernels_bits(n, p, seed, dtype, l1):
     g = with_zeros(n, p, seed, dtype)
     by_task = torch.full((p,), float("nan"), dtype=dtype)
     by_kernel = torch.full((p,), float("nan"), dtype=dtype)
-    conflicts, total = compiled._agreeing_sum_on(lib, g, by_task, l1)
-    assert (conflicts, total) == numba_kernel_agreeing_sum(g, by_kernel, l1)
+    conflicts, total, sq_norms = compiled._agreeing_sum_on(lib, g, by_task, l1)
+    k_conflicts, k_total, k_sq_norms = numba_kernel_agreeing_sum(g, by_kernel, l1)
+    assert (conflicts, total) == (k_conflicts, k_total)
+    assert np.array_equal(sq_norms, k_sq_norms)
     assert torch.equal(by_task, by_kernel)
     assert torch.equal(by_task, torch_agreeing_sum(g)[0])
 
@@ -255,9 +269,10 @@ def test_agreeing_sum_task_reads_rows_of_a_wider_matrix():
     wide = with_zeros(3, 3 * block() + 40, seed=12)
     g = wide[:, 17:17 + 2 * block() + 5]
     out = torch.empty(g.shape[1])
-    conflicts, _ = compiled._agreeing_sum_on(lib, g, out, True)
+    conflicts, _, sq_norms = compiled._agreeing_sum_on(lib, g, out, True)
     expected, expected_conflicts, _ = torch_agreeing_sum(g.contiguous())
     assert torch.equal(out, expected) and conflicts == expected_conflicts
+    np.testing.assert_allclose(sq_norms, (g.double() ** 2).sum(dim=1).numpy(), rtol=1e-12)
 
 
 def test_more_rows_than_the_task_is_compiled_for_use_numbas_kernel():
@@ -266,7 +281,7 @@ def test_more_rows_than_the_task_is_compiled_for_use_numbas_kernel():
     torch_openmp_or_skip()
     g = with_zeros(_numba.TASK_MAX_ROWS + 1, 1000, seed=4)
     out = torch.empty(1000)
-    conflicts, _ = compiled.agreeing_sum(g, out)
+    conflicts, _, _ = compiled.agreeing_sum(g, out)
     expected, expected_conflicts, _ = torch_agreeing_sum(g)
     assert torch.equal(out, expected) and conflicts == expected_conflicts
 
@@ -302,7 +317,7 @@ def test_tasks_do_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     for out, totals in results[1:]:
-        assert torch.equal(out, results[0][0]) and totals == results[0][1]
+        assert torch.equal(out, results[0][0]) and same_totals(totals, results[0][1])
 
 
 def test_tasks_that_disagree_with_the_kernels_fall_back_to_numbas_threads(monkeypatch):
