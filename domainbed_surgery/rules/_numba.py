@@ -279,8 +279,9 @@ def noise_where_zero(values, seed, scale, ki, wi, fi):  # pragma: no cover - com
 # -- The same kernels as tasks for torch's own OpenMP threads ----------------------------
 # After a parallel torch operation (the step's backward), torch's idle OpenMP thread keeps
 # spinning for a while; a kernel on Numba's own threads then shares a core with it and runs
-# no faster than on one thread (measured: the noise for 1 M columns took 1.7 ms on one or
-# two Numba threads right after a step's backward, 1.0 ms on two threads otherwise). The
+# no faster than on one thread (measured in efficientnet_lite0-128's step, 1.0 M columns:
+# Agr-Rand's noise 1.8 ms on one or two Numba threads, 0.9 ms as a task on torch's two;
+# 1.0 ms on two Numba threads outside a step). The
 # tasks below are C callbacks that .compiled hands to torch's libgomp (``GOMP_parallel``),
 # so the thread that spins picks them up. The threads take blocks from a shared atomic
 # counter; each block's result lands in its own slot, as in the kernels above, so the
