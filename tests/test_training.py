@@ -112,12 +112,15 @@ from domainbed import algorithms
 from domainbed_surgery.training import loop, state
 mode, at = sys.argv[1], int(sys.argv[2])
 calls = {"n": 0}
-if mode in ("sigterm_at_update", "replace_folder_at_update"):
+if mode in ("sigterm_at_update", "replace_folder_at_update", "sigterm_twice_at_update"):
     cls = algorithms.get_algorithm_class(sys.argv[3])
     update = cls.update
     def counted(self, *a, **k):
         calls["n"] += 1
         if calls["n"] == at and mode == "sigterm_at_update":
+            os.kill(os.getpid(), signal.SIGTERM)
+        if calls["n"] == at and mode == "sigterm_twice_at_update":
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line runs
             os.kill(os.getpid(), signal.SIGTERM)
         if calls["n"] == at and mode == "replace_folder_at_update":
             out = sys.argv[sys.argv.index("--output_dir") + 1]
@@ -178,6 +181,19 @@ def test_interrupted_and_continued_run_writes_domainbed_records(domainbed, subpr
     assert (ours / "done").exists() and not (ours / "resume.pt").exists()
     again = run_module("domainbed_surgery.scripts.train", args, subprocess_env, tmp_path)
     assert "already done" in again.stderr and records(ours) == expected
+
+
+def test_a_repeated_sigterm_still_lets_the_run_save_its_state(domainbed, subprocess_env, tmp_path):
+    """Under Slurm, scancel signals every process of the job step and our job guard then
+    signals its process group: the run gets SIGTERM twice. The second must not kill it
+    before its resume state is written (it did: a relaunch then started over)."""
+    out = tmp_path / "run"
+    args = train_args("ERM", {"batch_size": 8}, out)
+    first = run_interrupted("sigterm_twice_at_update", 2, "ERM", args, subprocess_env, tmp_path)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-3000:]
+    assert "a resume state at step 2 is saved" in first.stdout
+    again = run_module("domainbed_surgery.scripts.train", args, subprocess_env, tmp_path)
+    assert "Resuming at step 2" in again.stdout and (out / "done").exists()
 
 
 def test_a_run_whose_folder_is_deleted_writes_nothing_more(domainbed, subprocess_env, tmp_path):

@@ -13,7 +13,8 @@ for value against DomainBed's script). In addition:
   knows before continuing);
 - SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 (what Slurm sends at a time limit, a preemption
   or a requeue) stop the run after the current step, with a resume state, and exit with
-  status 128 + the signal number; a second SIGINT or SIGTERM stops it at once;
+  status 128 + the signal number; a second SIGINT stops it at once (a repeated SIGTERM,
+  which Slurm and our job guard both send, does not: SIGKILL does);
 - a run holds its folder's lock (:class:`..launch.folders.FolderLock`) while it runs: a
   second run in the same folder stops with an error instead of writing beside it, and a
   run whose folder was deleted under it (DomainBed's ``delete_incomplete``) stops before
@@ -56,8 +57,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, *NOTICE_SIGNALS)
 
 
 class StopRequest:
-    """The first stop signal is remembered (the run stops after its current step); a
-    second SIGINT or SIGTERM takes Python's default way."""
+    """The first stop signal is remembered (the run stops after its current step, with a
+    resume state); a second SIGINT takes Python's default way (Ctrl-C twice). A repeated
+    SIGTERM is not fatal: under Slurm every process of the job step gets scancel's SIGTERM
+    and our job guard then sends its group another, which used to kill the run while it
+    wrote its state; whoever must end it sends SIGKILL after its grace (Slurm's KillWait)."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
@@ -72,7 +76,6 @@ class StopRequest:
             print(f"\n{signal.Signals(signum).name}: stopping after this step with a resume "
                   "state.", file=sys.stderr)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
