@@ -229,6 +229,13 @@ def _normal(word, state, ki, wi, fi):  # pragma: no cover - compiled
 
 
 @njit(inline="always")
+def _word(base, start, j):  # pragma: no cover - compiled
+    """Column ``j``'s 32-bit word of its block's stream (two columns per 64-bit output)."""
+    word = _mix(base + ((j - start) >> np.uint64(1)) * _GAMMA)
+    return (word >> np.uint64(32)) if (j - start) & np.uint64(1) else (word & _LOW32)
+
+
+@njit(inline="always")
 def _noise_block(values, seed, scale, b, ki, wi, fi):  # pragma: no cover - compiled
     """Block ``b`` of :func:`noise_where_zero`, in two loops: the first test of every draw
     (98.5% end there), then, in column order, the rest of the rejected ones. The same draws
@@ -239,13 +246,10 @@ def _noise_block(values, seed, scale, b, ki, wi, fi):  # pragma: no cover - comp
     base = _mix(np.uint64(seed) ^ _mix(np.uint64(b) * _GAMMA))
     start = np.uint64(b * BLOCK)
     stop = np.uint64(min(b * BLOCK + BLOCK, p))
-    one, bits = np.uint64(1), np.uint64(32)
     rejected = np.empty(stop - start, np.uint64)
     n_rejected = 0
     for j in range(start, stop):  # unsigned: no negative-index wrap
-        word = _mix(base + ((j - start) >> one) * _GAMMA)
-        word = (word >> bits) if (j - start) & one else (word & _LOW32)
-        layer, negative, z, accepted = _first_test(word, ki, wi)
+        layer, negative, z, accepted = _first_test(_word(base, start, j), ki, wi)
         v = values[j]
         if accepted:
             values[j] = z * scale if v == zero else v
@@ -255,9 +259,7 @@ def _noise_block(values, seed, scale, b, ki, wi, fi):  # pragma: no cover - comp
     state = _mix(base ^ _M2)
     for k in range(n_rejected):
         j = rejected[k]
-        word = _mix(base + ((j - start) >> one) * _GAMMA)
-        word = (word >> bits) if (j - start) & one else (word & _LOW32)
-        layer, negative, z, accepted = _first_test(word, ki, wi)
+        layer, negative, z, accepted = _first_test(_word(base, start, j), ki, wi)
         state, z = _ziggurat_rest(state, layer, z, negative, ki, wi, fi)
         v = values[j]
         values[j] = z * scale if v == zero else v
@@ -281,12 +283,12 @@ def noise_where_zero(values, seed, scale, ki, wi, fi):  # pragma: no cover - com
 # spinning for a while; a kernel on Numba's own threads then shares a core with it and runs
 # no faster than on one thread (measured in efficientnet_lite0-128's step, 1.0 M columns:
 # Agr-Rand's noise 1.8 ms on one or two Numba threads, 0.9 ms as a task on torch's two;
-# 1.0 ms on two Numba threads outside a step). The
-# tasks below are C callbacks that .compiled hands to torch's libgomp (``GOMP_parallel``),
-# so the thread that spins picks them up. The threads take blocks from a shared atomic
-# counter; each block's result lands in its own slot, as in the kernels above, so the
-# results are the same bits as theirs. Arguments come as one int64 array (``task``): slot 0
-# is the counter, then the fields named by the *_FIELDS tuples.
+# 1.0 ms on two Numba threads outside a step). The tasks below are C callbacks that
+# .compiled hands to torch's libgomp (``GOMP_parallel``), so the thread that spins picks
+# them up. The threads take blocks from a shared atomic counter; each block's result lands
+# in its own slot, as in the kernels above, so the results are the same bits as theirs.
+# Arguments come as one int64 array (``task``): slot 0 is the counter, then the fields
+# named by the *_FIELDS tuples.
 
 #: Rows (domains) the agreeing-sum task is compiled for; more rows use the kernel above.
 TASK_MAX_ROWS = 8
