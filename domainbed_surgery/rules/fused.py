@@ -63,9 +63,8 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
     bounds = _bounds(segments, p) if diagnostics else None
     dots, n_conflicts, partials, segment_conflicts = [], [], [], []
     # A compiled kernel (CPU) does the rule, the conflict count and the squared norms in one
-    # read of all columns; the chunks then only give the Gram matrix, where one is wanted
-    # (before the kernel: between torch's dots chunk by chunk it would pay the hand-over of
-    # the thread pools each time).
+    # read of all columns, after the chunks; those then only give the Gram matrix, where one
+    # is wanted (a diagnostic step, a Gramian rule).
     fused = rule is not None and bounds is None and rule.fuses(grads, out)
     masks = not fused and (rule is not None or diagnostics)  # the chunks compute conflicts
     if masks:
