@@ -101,15 +101,15 @@ def _torch_openmp():
     return _gomp or None
 
 
-def _task(task_kernel, fields: dict, names: tuple, lib=None) -> None:
-    """Run an OpenMP task of :mod:`._numba` on torch's threads: slot 0 the block counter,
-    then ``fields`` in the order of ``names``."""
+def _task(lib, task_kernel, fields: dict, names: tuple) -> None:
+    """Run an OpenMP task of :mod:`._numba` on the threads of ``lib`` (torch's libgomp):
+    slot 0 the block counter, then ``fields`` in the order of ``names``."""
     task = np.zeros(1 + len(names), np.int64)
     for i, name in enumerate(names, 1):
         task[i] = fields[name] if name != "counter_address" else task.ctypes.data
     with _LOCK:
-        (lib or _gomp).GOMP_parallel(task_kernel.address, task.ctypes.data,
-                                     max(1, torch.get_num_threads()), 0)
+        lib.GOMP_parallel(task_kernel.address, task.ctypes.data,
+                          max(1, torch.get_num_threads()), 0)
 
 
 def _agreeing_sum_on(lib, grads: Tensor, out: Tensor, l1: bool) -> tuple:
@@ -119,20 +119,32 @@ def _agreeing_sum_on(lib, grads: Tensor, out: Tensor, l1: bool) -> tuple:
     sq_slots = np.zeros((blocks, grads.shape[0]), np.float64)
     task = (kernels.agreeing_sum_task_f32 if grads.dtype == torch.float32
             else kernels.agreeing_sum_task_f64)
-    _task(task, {"rows": grads.shape[0], "columns": grads.shape[1],
-                 "row_stride": grads.stride(0), "want_l1": int(l1), "grads": grads.data_ptr(),
-                 "out": out.data_ptr(), "conflicts": conflicts.ctypes.data,
-                 "l1": l1_slots.ctypes.data, "sq": sq_slots.ctypes.data},
-          kernels.AGREEING_SUM_FIELDS, lib)
+    _task(lib, task, {"rows": grads.shape[0], "columns": grads.shape[1],
+                      "row_stride": grads.stride(0), "want_l1": int(l1),
+                      "grads": grads.data_ptr(), "out": out.data_ptr(),
+                      "conflicts": conflicts.ctypes.data, "l1": l1_slots.ctypes.data,
+                      "sq": sq_slots.ctypes.data}, kernels.AGREEING_SUM_FIELDS)
     return kernels.block_totals(conflicts, l1_slots, sq_slots)
+
+
+def _agreeing_sum_kernel(grads: Tensor, out: Tensor, l1: bool) -> tuple:
+    """The same on Numba's threads (its parallel kernel)."""
+    return _run(_loaded().agreeing_sum, tuple(row.numpy() for row in grads), out.numpy(), l1)
 
 
 def _noise_on(lib, values: Tensor, seed: int, scale: float) -> None:
     kernels = _loaded()
-    _task(kernels.noise_task_f32, {
+    _task(lib, kernels.noise_task_f32, {
         "columns": values.numel(), "seed": int(np.uint64(seed).astype(np.int64)),
         "scale": int(np.float64(scale).view(np.int64)), "values": values.data_ptr()},
-        kernels.NOISE_FIELDS, lib)
+        kernels.NOISE_FIELDS)
+
+
+def _noise_kernel(values: Tensor, seed: int, scale: float) -> None:
+    """The same on Numba's threads (its parallel kernel)."""
+    kernels = _loaded()
+    _run(kernels.noise_where_zero, values.numpy(), np.uint64(seed), np.float32(scale),
+         kernels.KI, kernels.WI, kernels.FI)
 
 
 def _tasks_agree(lib) -> bool:
@@ -145,11 +157,9 @@ def _tasks_agree(lib) -> bool:
         grads[:, ::7] = 0
         by_task, by_kernel = torch.empty(grads.shape[1]), torch.empty(grads.shape[1])
         task_totals = _agreeing_sum_on(lib, grads, by_task, True)
-        kernel_totals = _run(kernels.agreeing_sum, tuple(r.numpy() for r in grads),
-                             by_kernel.numpy(), True)
+        kernel_totals = _agreeing_sum_kernel(grads, by_kernel, True)
         _noise_on(lib, by_task, 12345, 0.5)
-        _run(kernels.noise_where_zero, by_kernel.numpy(), np.uint64(12345), np.float32(0.5),
-             kernels.KI, kernels.WI, kernels.FI)
+        _noise_kernel(by_kernel, 12345, 0.5)
         agree = (torch.equal(by_task, by_kernel) and task_totals[:2] == kernel_totals[:2]
                  and np.array_equal(task_totals[2], kernel_totals[2]))
     except Exception as exc:  # noqa: BLE001 - any failure: Numba's threads, said once
@@ -192,8 +202,7 @@ def agreeing_sum(grads: Tensor, out: Tensor, l1: bool = True) -> Optional[Agreei
     if lib is not None and grads.shape[0] <= _loaded().TASK_MAX_ROWS:
         conflicts, total, sq_norms = _agreeing_sum_on(lib, grads, out, l1)
     else:
-        rows = tuple(row.numpy() for row in grads)
-        conflicts, total, sq_norms = _run(_loaded().agreeing_sum, rows, out.numpy(), l1)
+        conflicts, total, sq_norms = _agreeing_sum_kernel(grads, out, l1)
     return AgreeingSum(int(conflicts), float(total) if l1 else None,
                        torch.from_numpy(sq_norms))
 
@@ -213,10 +222,8 @@ def noise_where_zero(values: Tensor, seed: int, scale: float) -> bool:
     lib = _torch_openmp()
     if lib is not None:
         _noise_on(lib, values, seed, scale)
-        return True
-    kernels = _loaded()
-    _run(kernels.noise_where_zero, values.numpy(), np.uint64(seed), np.float32(scale),
-         kernels.KI, kernels.WI, kernels.FI)
+    else:
+        _noise_kernel(values, seed, scale)
     return True
 
 

@@ -238,12 +238,6 @@ def torch_openmp_or_skip():
     return lib
 
 
-def numba_kernel_agreeing_sum(g, out, l1=True):
-    from domainbed_surgery.rules import _numba
-
-    return compiled._run(_numba.agreeing_sum, tuple(r.numpy() for r in g), out.numpy(), l1)
-
-
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(2, 8), p=st.integers(1, 3 * 16384 + 50), seed=st.integers(0, 2**16),
        dtype=st.sampled_from([torch.float32, torch.float64]), l1=st.booleans())
@@ -255,7 +249,7 @@ def test_agreeing_sum_task_gives_the_kernels_bits(n, p, seed, dtype, l1):
     by_task = torch.full((p,), float("nan"), dtype=dtype)
     by_kernel = torch.full((p,), float("nan"), dtype=dtype)
     conflicts, total, sq_norms = compiled._agreeing_sum_on(lib, g, by_task, l1)
-    k_conflicts, k_total, k_sq_norms = numba_kernel_agreeing_sum(g, by_kernel, l1)
+    k_conflicts, k_total, k_sq_norms = compiled._agreeing_sum_kernel(g, by_kernel, l1)
     assert (conflicts, total) == (k_conflicts, k_total)
     assert np.array_equal(sq_norms, k_sq_norms)
     assert torch.equal(by_task, by_kernel)
