@@ -45,22 +45,40 @@ def _column(rows, j):  # pragma: no cover - compiled
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"}, boundscheck=False)
-def _sum_of_squares(x, start, stop):  # pragma: no cover - compiled
-    """``sum(float64(x[j])**2 for j in [start, stop))``, reassociated so that it vectorizes:
-    a float64 sum in the vector width of this machine's build (only the squared norms, the
-    finiteness check, are summed so; every other result keeps IEEE order)."""
+def _dot(x, y, start, stop):  # pragma: no cover - compiled
+    """``sum(float64(x[j]) * float64(y[j]) for j in [start, stop))``, reassociated so that it
+    vectorizes: a float64 sum in the vector width of this machine's build (only the inner
+    products, the Gram matrix and the squared norms, are summed so; every other result keeps
+    IEEE order)."""
     total = 0.0
     for j in range(start, stop):
-        v = np.float64(x[j])
-        total += v * v
+        total += np.float64(x[j]) * np.float64(y[j])
     return total
 
 
 @njit(inline="always")
-def _agreeing_sum_block(rows, out, want_l1, b, conflicts, l1, sq):  # pragma: no cover - compiled
+def _block_dots(rows, start, stop, slots):  # pragma: no cover - compiled
+    """The rows' inner products over columns [start, stop) into ``slots``: with one slot per
+    row their squared norms, with N(N+1)/2 the Gram matrix's upper triangle, row by row
+    (its diagonal: the same calls, so the same bits as the norms)."""
+    n = len(rows)
+    if slots.shape[0] == n:
+        for i in range(n):
+            slots[i] = _dot(rows[i], rows[i], start, stop)
+    else:
+        k = 0
+        for i in range(n):
+            for m in range(i, n):
+                slots[k] = _dot(rows[i], rows[m], start, stop)
+                k += 1
+
+
+@njit(inline="always")
+def _agreeing_sum_block(rows, out, want_l1, b, conflicts, l1, dots):  # pragma: no cover - compiled
     """Block ``b`` of :func:`agreeing_sum`: its columns, its conflict count into
-    ``conflicts[b]``, (``want_l1``) its float64 sum of ``|out|`` into ``l1[b]`` and each
-    row's float64 sum of squares into ``sq[b, i]``, over the block still in cache."""
+    ``conflicts[b]``, (``want_l1``) its float64 sum of ``|out|`` into ``l1[b]`` and the
+    rows' inner products (:func:`_block_dots`) into ``dots[b]``, over the block still in
+    cache."""
     p = out.shape[0]
     zero = out.dtype.type(0)
     one, eight = np.uint64(1), np.uint64(8)
@@ -89,26 +107,32 @@ def _agreeing_sum_block(rows, out, want_l1, b, conflicts, l1, sq):  # pragma: no
             a0 += abs(out[j])
             j += one
         l1[b] = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-    for i in range(len(rows)):
-        sq[b, i] = _sum_of_squares(rows[i], start, stop)
+    _block_dots(rows, start, stop, dots[b])
 
 
 @njit(cache=True)
-def block_totals(conflicts, l1, sq):  # pragma: no cover - compiled
+def block_totals(conflicts, l1, dots):  # pragma: no cover - compiled
     """The per-block slots reduced in block order: (conflicting columns, sum of |out|, the
-    rows' squared norms)."""
-    norms = np.zeros(sq.shape[1], np.float64)
-    for b in range(sq.shape[0]):
-        for i in range(sq.shape[1]):
-            norms[i] += sq[b, i]
-    return conflicts.sum(), l1.sum(), norms
+    rows' inner products)."""
+    return conflicts.sum(), l1.sum(), dot_totals(dots)
+
+
+@njit(cache=True)
+def dot_totals(dots):  # pragma: no cover - compiled
+    """The per-block inner products (``[blocks, slots]``) summed in block order."""
+    totals = np.zeros(dots.shape[1], np.float64)
+    for b in range(dots.shape[0]):
+        for i in range(dots.shape[1]):
+            totals[i] += dots[b, i]
+    return totals
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
-def agreeing_sum(rows, out, want_l1):  # pragma: no cover - compiled
+def agreeing_sum(rows, out, want_l1, dot_slots):  # pragma: no cover - compiled
     """``out[j] = rows[0][j] + rows[1][j] + ...`` where every row is > 0 or every row is
     < 0, else 0; returns (conflicting columns, sum of |out| in float64, or 0.0 without
-    ``want_l1``, the rows' squared norms in float64).
+    ``want_l1``, the rows' inner products in float64: ``dot_slots`` = N, their squared
+    norms; N(N+1)/2, the Gram matrix's upper triangle).
 
     The column index is unsigned: with a signed one Numba wraps negative indices, and that
     branch kept LLVM from vectorizing the loop (1.7 against 0.6 ms for 1 M columns on one
@@ -119,10 +143,24 @@ def agreeing_sum(rows, out, want_l1):  # pragma: no cover - compiled
     blocks = (out.shape[0] + BLOCK - 1) // BLOCK
     conflicts = np.zeros(blocks, np.int64)
     l1 = np.zeros(blocks, np.float64)
-    sq = np.zeros((blocks, len(rows)), np.float64)
+    dots = np.zeros((blocks, dot_slots), np.float64)
     for b in prange(blocks):
-        _agreeing_sum_block(rows, out, want_l1, b, conflicts, l1, sq)
-    return block_totals(conflicts, l1, sq)
+        _agreeing_sum_block(rows, out, want_l1, b, conflicts, l1, dots)
+    return block_totals(conflicts, l1, dots)
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def gram(rows, columns):  # pragma: no cover - compiled
+    """The ``[blocks, N(N+1)/2]`` per-block inner products of the rows (the Gram matrix's
+    upper triangle, row by row; :func:`dot_totals` sums them): one read of the columns,
+    block by block, each block's N rows in cache while its N(N+1)/2 products are taken."""
+    n = len(rows)
+    blocks = (columns + BLOCK - 1) // BLOCK
+    dots = np.zeros((blocks, n * (n + 1) // 2), np.float64)
+    for b in prange(blocks):
+        _block_dots(rows, np.uint64(b * BLOCK), np.uint64(min(b * BLOCK + BLOCK, columns)),
+                    dots[b])
+    return dots
 
 
 # -- Agr-Rand's noise: N(0, 1) draws by Marsaglia & Tsang's ziggurat -----------------------
@@ -290,11 +328,13 @@ def noise_where_zero(values, seed, scale, ki, wi, fi):  # pragma: no cover - com
 # Arguments come as one int64 array (``task``): slot 0 is the counter, then the fields
 # named by the *_FIELDS tuples.
 
-#: Rows (domains) the agreeing-sum task is compiled for; more rows use the kernel above.
+#: Rows (domains) the row-reading task is compiled for; more rows use the kernels above.
 TASK_MAX_ROWS = 8
-#: The agreeing-sum task's fields, after the counter.
-AGREEING_SUM_FIELDS = ("rows", "columns", "row_stride", "want_l1", "grads", "out",
-                       "conflicts", "l1", "sq", "counter_address")
+#: The row-reading task's fields, after the counter: :func:`agreeing_sum` (``gram_only`` 0)
+#: or :func:`gram` (``gram_only`` 1: only ``dots`` is written; ``out``, ``conflicts`` and
+#: ``l1`` may be 0). ``dot_slots`` is the number of inner products per block (N or N(N+1)/2).
+READ_FIELDS = ("rows", "columns", "row_stride", "want_l1", "grads", "out", "conflicts", "l1",
+               "dots", "dot_slots", "gram_only", "counter_address")
 #: The noise task's fields, after the counter (``scale`` as the bits of a float64).
 NOISE_FIELDS = ("columns", "seed", "scale", "values", "counter_address")
 
@@ -322,64 +362,78 @@ def _take_block(typingctx, counter):
     return types.int64(types.CPointer(types.int64)), codegen
 
 
+@njit(inline="always")
+def _read_block(rows, args):  # pragma: no cover - compiled
+    """Block ``b`` of :func:`gram` (``gram_only``) or of :func:`agreeing_sum`; ``args``:
+    (gram_only, out, want_l1, b, conflicts, l1, dots)."""
+    gram_only, out, want_l1, b, conflicts, l1, dots = args
+    if gram_only:
+        p = rows[0].shape[0]
+        _block_dots(rows, np.uint64(b * BLOCK), np.uint64(min(b * BLOCK + BLOCK, p)), dots[b])
+    else:
+        _agreeing_sum_block(rows, out, want_l1, b, conflicts, l1, dots)
+
+
 @njit(cache=True, boundscheck=False)
-def _agreeing_sum_rows(g, n, p, s, out, want_l1, b, conflicts, l1, sq):  # pragma: no cover
-    """Block ``b`` of :func:`agreeing_sum` over the ``n`` rows of ``g`` (flat, row stride
-    ``s``), as a tuple of ``n`` rows so that the row loop unrolls."""
-    if n == 2:
-        _agreeing_sum_block((g[:p], g[s:s + p]), out, want_l1, b, conflicts, l1, sq)
+def _read_rows(g, n, p, s, gram_only, out, want_l1, b, conflicts, l1, dots):  # pragma: no cover
+    """Block ``b`` over the ``n`` rows of ``g`` (flat, row stride ``s``), as a tuple of ``n``
+    rows so that the row loop unrolls."""
+    args = (gram_only, out, want_l1, b, conflicts, l1, dots)
+    if n == 1:
+        _read_block((g[:p],), args)
+    elif n == 2:
+        _read_block((g[:p], g[s:s + p]), args)
     elif n == 3:
-        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p]),
-                            out, want_l1, b, conflicts, l1, sq)
+        _read_block((g[:p], g[s:s + p], g[2 * s:2 * s + p]), args)
     elif n == 4:
-        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p]),
-                            out, want_l1, b, conflicts, l1, sq)
+        _read_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p]), args)
     elif n == 5:
-        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
-                             g[4 * s:4 * s + p]), out, want_l1, b, conflicts, l1, sq)
+        _read_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
+                     g[4 * s:4 * s + p]), args)
     elif n == 6:
-        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
-                             g[4 * s:4 * s + p], g[5 * s:5 * s + p]),
-                            out, want_l1, b, conflicts, l1, sq)
+        _read_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
+                     g[4 * s:4 * s + p], g[5 * s:5 * s + p]), args)
     elif n == 7:
-        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
-                             g[4 * s:4 * s + p], g[5 * s:5 * s + p], g[6 * s:6 * s + p]),
-                            out, want_l1, b, conflicts, l1, sq)
+        _read_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
+                     g[4 * s:4 * s + p], g[5 * s:5 * s + p], g[6 * s:6 * s + p]), args)
     elif n == 8:
-        _agreeing_sum_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
-                             g[4 * s:4 * s + p], g[5 * s:5 * s + p], g[6 * s:6 * s + p],
-                             g[7 * s:7 * s + p]), out, want_l1, b, conflicts, l1, sq)
+        _read_block((g[:p], g[s:s + p], g[2 * s:2 * s + p], g[3 * s:3 * s + p],
+                     g[4 * s:4 * s + p], g[5 * s:5 * s + p], g[6 * s:6 * s + p],
+                     g[7 * s:7 * s + p]), args)
 
 
 @njit(inline="always")
-def _agreeing_sum_task(task, g, out):  # pragma: no cover - compiled
+def _read_task(task, g, out):  # pragma: no cover - compiled
     n, p, s, want_l1 = task[1], task[2], task[3], task[4] != 0
     blocks = (p + BLOCK - 1) // BLOCK
     conflicts = carray(_i64_at(task[7]), (blocks,))
     l1 = carray(_f64_at(task[8]), (blocks,))
-    sq = carray(_f64_at(task[9]), (blocks, n))
-    counter = _i64_at(task[10])
+    dots = carray(_f64_at(task[9]), (blocks, task[10]))
+    gram_only = task[11] != 0
+    counter = _i64_at(task[12])
     while True:
         b = _take_block(counter)
         if b >= blocks:
             break
-        _agreeing_sum_rows(g, n, p, s, out, want_l1, b, conflicts, l1, sq)
+        _read_rows(g, n, p, s, gram_only, out, want_l1, b, conflicts, l1, dots)
 
 
 @cfunc(types.void(types.voidptr), cache=True)
-def agreeing_sum_task_f32(data):  # pragma: no cover - compiled
-    """:func:`agreeing_sum` on float32 rows, as an OpenMP task (fields: AGREEING_SUM_FIELDS)."""
-    task = carray(data, (1 + len(AGREEING_SUM_FIELDS),), np.int64)
-    _agreeing_sum_task(task, carray(_f32_at(task[5]), ((task[1] - 1) * task[3] + task[2],)),
-                       carray(_f32_at(task[6]), (task[2],)))
+def read_task_f32(data):  # pragma: no cover - compiled
+    """:func:`agreeing_sum` or :func:`gram` on float32 rows, as an OpenMP task (fields:
+    READ_FIELDS)."""
+    task = carray(data, (1 + len(READ_FIELDS),), np.int64)
+    _read_task(task, carray(_f32_at(task[5]), ((task[1] - 1) * task[3] + task[2],)),
+               carray(_f32_at(task[6]), (task[2],)))
 
 
 @cfunc(types.void(types.voidptr), cache=True)
-def agreeing_sum_task_f64(data):  # pragma: no cover - compiled
-    """:func:`agreeing_sum` on float64 rows, as an OpenMP task (fields: AGREEING_SUM_FIELDS)."""
-    task = carray(data, (1 + len(AGREEING_SUM_FIELDS),), np.int64)
-    _agreeing_sum_task(task, carray(_f64_at(task[5]), ((task[1] - 1) * task[3] + task[2],)),
-                       carray(_f64_at(task[6]), (task[2],)))
+def read_task_f64(data):  # pragma: no cover - compiled
+    """:func:`agreeing_sum` or :func:`gram` on float64 rows, as an OpenMP task (fields:
+    READ_FIELDS)."""
+    task = carray(data, (1 + len(READ_FIELDS),), np.int64)
+    _read_task(task, carray(_f64_at(task[5]), ((task[1] - 1) * task[3] + task[2],)),
+               carray(_f64_at(task[6]), (task[2],)))
 
 
 @njit(cache=True, boundscheck=False)

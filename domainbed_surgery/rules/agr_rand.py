@@ -45,14 +45,12 @@ class AgrRand(ElementwiseRule):
     def fuses(self, grads, out):
         return compiled.applies(grads, out)
 
-    def combine_fused(self, grads, out):
+    def combine_fused(self, grads, out, gram=False):
         """:meth:`combine_chunk` over all columns by the compiled kernel (its float64
         ``sum |g*|`` is summed block by block rather than chunk by chunk: the same value up
         to rounding)."""
-        fused = compiled.agreeing_sum(grads, out)
-        return (torch.tensor(fused.conflicts),
-                torch.tensor([fused.l1, out.numel() - fused.conflicts], dtype=torch.float64),
-                fused.sq_norms)
+        read = compiled.agreeing_sum(grads, out, gram=gram)
+        return torch.tensor([read.l1, out.numel() - read.conflicts], dtype=torch.float64), read
 
     def finish(self, out, partial, generator):
         """Noise where the domains conflict: exactly the zeros of ``out``, since an agreeing

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from . import compiled
 from .interface import ElementwiseRule
 from .kernels import agreeing_sum_into
@@ -25,6 +23,5 @@ class AgrSum(ElementwiseRule):
     def fuses(self, grads, out):
         return compiled.applies(grads, out)
 
-    def combine_fused(self, grads, out):
-        fused = compiled.agreeing_sum(grads, out, l1=False)
-        return torch.tensor(fused.conflicts), None, fused.sq_norms
+    def combine_fused(self, grads, out, gram=False):
+        return None, compiled.agreeing_sum(grads, out, l1=False, gram=gram)

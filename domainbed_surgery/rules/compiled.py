@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["enabled", "describe", "applies", "AgreeingSum", "agreeing_sum", "noise_applies",
-           "noise_where_zero", "standard_normal"]
+__all__ = ["enabled", "describe", "applies", "AgreeingSum", "agreeing_sum", "gram_applies",
+           "gram", "noise_applies", "noise_where_zero", "standard_normal"]
 
 #: The dtypes the kernels are compiled for.
 DTYPES = (torch.float32, torch.float64)
@@ -112,24 +112,61 @@ def _task(lib, task_kernel, fields: dict, names: tuple) -> None:
                           max(1, torch.get_num_threads()), 0)
 
 
-def _agreeing_sum_on(lib, grads: Tensor, out: Tensor, l1: bool) -> tuple:
+def _dot_slots(n: int, gram: bool) -> int:
+    """Inner products per block: the N squared norms, or the Gram matrix's upper triangle."""
+    return n * (n + 1) // 2 if gram else n
+
+
+def _read_on(lib, grads: Tensor, dots: np.ndarray, gram_only: bool, out: Optional[Tensor] = None,
+             conflicts: Optional[np.ndarray] = None, l1: Optional[np.ndarray] = None) -> None:
+    kernels = _loaded()
+    task = kernels.read_task_f32 if grads.dtype == torch.float32 else kernels.read_task_f64
+    address = lambda a: 0 if a is None else a.ctypes.data  # noqa: E731
+    _task(lib, task, {"rows": grads.shape[0], "columns": grads.shape[1],
+                      "row_stride": grads.stride(0), "want_l1": int(l1 is not None),
+                      "grads": grads.data_ptr(), "out": 0 if out is None else out.data_ptr(),
+                      "conflicts": address(conflicts), "l1": address(l1),
+                      "dots": dots.ctypes.data, "dot_slots": dots.shape[1],
+                      "gram_only": int(gram_only)}, kernels.READ_FIELDS)
+
+
+def _agreeing_sum_on(lib, grads: Tensor, out: Tensor, l1: bool, gram: bool = False) -> tuple:
     kernels = _loaded()
     blocks = (out.numel() + kernels.BLOCK - 1) // kernels.BLOCK
     conflicts, l1_slots = np.zeros(blocks, np.int64), np.zeros(blocks, np.float64)
-    sq_slots = np.zeros((blocks, grads.shape[0]), np.float64)
-    task = (kernels.agreeing_sum_task_f32 if grads.dtype == torch.float32
-            else kernels.agreeing_sum_task_f64)
-    _task(lib, task, {"rows": grads.shape[0], "columns": grads.shape[1],
-                      "row_stride": grads.stride(0), "want_l1": int(l1),
-                      "grads": grads.data_ptr(), "out": out.data_ptr(),
-                      "conflicts": conflicts.ctypes.data, "l1": l1_slots.ctypes.data,
-                      "sq": sq_slots.ctypes.data}, kernels.AGREEING_SUM_FIELDS)
-    return kernels.block_totals(conflicts, l1_slots, sq_slots)
+    dots = np.zeros((blocks, _dot_slots(grads.shape[0], gram)), np.float64)
+    _read_on(lib, grads, dots, False, out, conflicts, l1_slots if l1 else None)
+    return kernels.block_totals(conflicts, l1_slots, dots)
 
 
-def _agreeing_sum_kernel(grads: Tensor, out: Tensor, l1: bool) -> tuple:
+def _agreeing_sum_kernel(grads: Tensor, out: Tensor, l1: bool, gram: bool = False) -> tuple:
     """The same on Numba's threads (its parallel kernel)."""
-    return _run(_loaded().agreeing_sum, tuple(row.numpy() for row in grads), out.numpy(), l1)
+    return _run(_loaded().agreeing_sum, tuple(row.numpy() for row in grads), out.numpy(), l1,
+                _dot_slots(grads.shape[0], gram))
+
+
+def _gram_on(lib, grads: Tensor) -> np.ndarray:
+    kernels = _loaded()
+    blocks = (grads.shape[1] + kernels.BLOCK - 1) // kernels.BLOCK
+    dots = np.zeros((blocks, _dot_slots(grads.shape[0], True)), np.float64)
+    _read_on(lib, grads, dots, True)
+    return kernels.dot_totals(dots)
+
+
+def _gram_kernel(grads: Tensor) -> np.ndarray:
+    """The same on Numba's threads (its parallel kernel)."""
+    kernels = _loaded()
+    return kernels.dot_totals(_run(kernels.gram, tuple(row.numpy() for row in grads),
+                                   grads.shape[1]))
+
+
+def _symmetric(upper: np.ndarray, n: int) -> Tensor:
+    """The ``[n, n]`` float64 matrix whose upper triangle, row by row, is ``upper``."""
+    matrix = np.empty((n, n), np.float64)
+    i, j = np.triu_indices(n)
+    matrix[i, j] = upper
+    matrix[j, i] = upper
+    return torch.from_numpy(matrix)
 
 
 def _noise_on(lib, values: Tensor, seed: int, scale: float) -> None:
@@ -156,12 +193,13 @@ def _tasks_agree(lib) -> bool:
         grads = torch.randn(3, 3 * kernels.BLOCK + 5, generator=gen)
         grads[:, ::7] = 0
         by_task, by_kernel = torch.empty(grads.shape[1]), torch.empty(grads.shape[1])
-        task_totals = _agreeing_sum_on(lib, grads, by_task, True)
-        kernel_totals = _agreeing_sum_kernel(grads, by_kernel, True)
+        task_totals = _agreeing_sum_on(lib, grads, by_task, True, gram=True)
+        kernel_totals = _agreeing_sum_kernel(grads, by_kernel, True, gram=True)
         _noise_on(lib, by_task, 12345, 0.5)
         _noise_kernel(by_kernel, 12345, 0.5)
         agree = (torch.equal(by_task, by_kernel) and task_totals[:2] == kernel_totals[:2]
-                 and np.array_equal(task_totals[2], kernel_totals[2]))
+                 and np.array_equal(task_totals[2], kernel_totals[2])
+                 and np.array_equal(_gram_on(lib, grads), _gram_kernel(grads)))
     except Exception as exc:  # noqa: BLE001 - any failure: Numba's threads, said once
         agree, why = False, f"{type(exc).__name__}: {exc}"
     else:
@@ -185,26 +223,55 @@ class AgreeingSum(NamedTuple):
     conflicts: int  # columns where Eq. 2 fails
     l1: Optional[float]  # sum of |out| in float64 (Agr-Rand's sigma); None when not asked
     sq_norms: Tensor  # [N] float64: each row's squared norm (the finiteness check)
+    gram: Optional[Tensor] = None  # [N, N] float64 (its diagonal: sq_norms); when asked
 
 
-def agreeing_sum(grads: Tensor, out: Tensor, l1: bool = True) -> Optional[AgreeingSum]:
+def agreeing_sum(grads: Tensor, out: Tensor, l1: bool = True,
+                 gram: bool = False) -> Optional[AgreeingSum]:
     """Agr-Sum of ``grads`` ([N, K]) into ``out``: the sum where all rows are > 0 or all
-    < 0, else 0, in one read of ``grads`` that also takes its rows' squared norms; returns
-    an :class:`AgreeingSum` (``l1`` is needed by Agr-Rand's sigma, not by Agr-Sum), or None
+    < 0, else 0, in one read of ``grads`` that also takes its rows' squared norms (with
+    ``gram``, the whole Gram matrix: for float32, the bits of :func:`gram`); returns an
+    :class:`AgreeingSum` (``l1`` is needed by Agr-Rand's sigma, not by Agr-Sum), or None
     (nothing written) where it does not :func:`applies`.
 
-    The update, count and ``l1`` are the torch code's bits. The squared norms are float64
+    The update, count and ``l1`` are the torch code's bits. The inner products are float64
     sums reassociated to vectorize (block by block, so the same for any thread count, but
     not the bits of torch's float32 dots)."""
     if not applies(grads, out):
         return None
-    lib = _torch_openmp()
-    if lib is not None and grads.shape[0] <= _loaded().TASK_MAX_ROWS:
-        conflicts, total, sq_norms = _agreeing_sum_on(lib, grads, out, l1)
+    n = grads.shape[0]
+    if _task_runs(grads):
+        conflicts, total, dots = _agreeing_sum_on(_torch_openmp(), grads, out, l1, gram)
     else:
-        conflicts, total, sq_norms = _agreeing_sum_kernel(grads, out, l1)
+        conflicts, total, dots = _agreeing_sum_kernel(grads, out, l1, gram)
+    matrix = _symmetric(dots, n) if gram else None
     return AgreeingSum(int(conflicts), float(total) if l1 else None,
-                       torch.from_numpy(sq_norms))
+                       matrix.diagonal().clone() if gram else torch.from_numpy(dots), matrix)
+
+
+def gram_applies(grads: Tensor) -> bool:
+    """Whether :func:`gram` runs compiled for ``grads`` ([N >= 1, K]): enabled, CPU, float32
+    (the training dtype, where its float64 products are more accurate than torch's float32
+    dots; float64 gradients keep torch's float64 dots, to whose last bits some TorchJD
+    solvers are sensitive), contiguous rows, no autograd."""
+    return (grads.dim() == 2 and grads.shape[0] >= 1 and grads.dtype == torch.float32
+            and _usable(grads))
+
+
+def gram(grads: Tensor) -> Optional[Tensor]:
+    """The ``[N, N]`` float64 Gram matrix of ``grads`` ([N, K]) in one read (each block of
+    columns in cache while its N(N+1)/2 products are taken), or None where it does not
+    :func:`gram_applies`. Float64 products summed block by block, reassociated to vectorize:
+    the same for any thread count; no float32 overflow to recover from."""
+    if not gram_applies(grads):
+        return None
+    upper = _gram_on(_torch_openmp(), grads) if _task_runs(grads) else _gram_kernel(grads)
+    return _symmetric(upper, grads.shape[0])
+
+
+def _task_runs(grads: Tensor) -> bool:
+    """Whether the row-reading task runs on torch's threads for these rows."""
+    return _torch_openmp() is not None and grads.shape[0] <= _loaded().TASK_MAX_ROWS
 
 
 def noise_applies(values: Tensor) -> bool:

@@ -13,9 +13,10 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from . import compiled
 from .interface import ElementwiseRule, GramianRule, Rule
 from .kernels import (check_finite_rows, check_grads, column_chunks, conflicts_into, default_chunk,
-                      gram_from_dots, norms_from_dots, scratch_buffers, upper_dots,
+                      gram_from_dots, gram_matrix, norms_from_dots, scratch_buffers, upper_dots,
                       widened_if_overflowed)
 
 __all__ = ["OnePass", "one_pass", "combine_in_one_pass"]
@@ -48,9 +49,10 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
     runs afterwards (e.g. ``weights @ grads``). ``segments`` (sizes of consecutive column
     ranges, e.g. parameter tensors) also counts the agreeing components of each range.
     Without ``diagnostics`` neither the count nor, unless ``gram`` asks for it, the
-    N(N-1)/2 inner products besides the N squared norms (the finiteness check) are taken;
-    where a compiled kernel runs the rule (:mod:`.compiled`), those norms come from its own
-    read of the columns (float64, summed in another order than the Gram diagonal's).
+    N(N-1)/2 inner products besides the N squared norms (the finiteness check) are taken.
+    On the CPU the compiled kernels (:mod:`.compiled`) do all of it in their own read of
+    the columns (float64 products; for float32 gradients the Gram matrix too, the bits of
+    :func:`~.kernels.gram_matrix`), and the torch chunks run only for ``segments``.
     """
     check_grads(grads)
     n, p = grads.shape
@@ -61,18 +63,26 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
     if rule is not None and out is None:
         out = grads.new_empty(p)
     bounds = _bounds(segments, p) if diagnostics else None
+    compiled_gram = gram and compiled.gram_applies(grads)
+    read = (None if bounds is not None
+            else _compiled_read(grads, rule, out, compiled_gram, diagnostics))
+    if read is not None:  # the rule (or the count alone) and the norms or Gram, one read
+        partial, counted = read
+        matrix = counted.gram if compiled_gram else gram_matrix(grads, chunk) if gram else None
+        return OnePass(counted.sq_norms if matrix is None else matrix.diagonal().clone(), matrix,
+                       n_agree=p - torch.tensor(counted.conflicts) if diagnostics else None,
+                       partial=partial)
+    # Torch's chunks: the rule and the counts; the Gram matrix compiled where it can be.
+    matrix = gram_matrix(grads) if compiled_gram else None
     dots, n_conflicts, partials, segment_conflicts = [], [], [], []
-    # A compiled kernel (CPU) does the rule, the conflict count and the squared norms in one
-    # read of all columns, after the chunks; those then only give the Gram matrix, where one
-    # is wanted (a diagnostic step, a Gramian rule).
-    fused = rule is not None and bounds is None and rule.fuses(grads, out)
-    masks = not fused and (rule is not None or diagnostics)  # the chunks compute conflicts
+    masks = rule is not None or diagnostics
     if masks:
         conflicts, low, high, scratch = scratch_buffers(min(chunk, p), grads[0])
-    for cols in column_chunks(p, chunk) if gram or not fused else ():
+    for cols in column_chunks(p, chunk) if masks or matrix is None else ():
         part = grads[:, cols]
         k = part.shape[1]
-        dots += upper_dots(part) if gram else [torch.dot(row, row) for row in part]
+        if matrix is None:
+            dots += upper_dots(part) if gram else [torch.dot(row, row) for row in part]
         if not masks:
             continue
         c = conflicts_into(part, conflicts[:k], low[:k], high[:k], scratch[:k])
@@ -84,23 +94,28 @@ def one_pass(grads: Tensor, rule: Optional[ElementwiseRule] = None, out: Optiona
             partial = rule.combine_chunk(part, c, out[cols])
             if partial is not None:
                 partials.append(partial)
-    if fused:
-        count, partial, fused_norms = rule.combine_fused(grads, out)
-        n_conflicts.append(count)
-        if partial is not None:
-            partials.append(partial)
-    if gram:
+    if matrix is None and gram:
         matrix = widened_if_overflowed(gram_from_dots(dots, n, grads.device), grads, chunk)
-        sq_norms = matrix.diagonal().clone()
-    elif fused:
-        matrix, sq_norms = None, fused_norms
-    else:
-        matrix, sq_norms = None, norms_from_dots(dots, grads, chunk)
+    sq_norms = (matrix.diagonal().clone() if matrix is not None
+                else norms_from_dots(dots, grads, chunk))
     return OnePass(sq_norms, matrix,
                    n_agree=p - torch.stack(n_conflicts).sum() if diagnostics else None,
                    partial=torch.stack(partials).sum(dim=0) if partials else None,
                    segment_agree=_segment_totals(segment_conflicts, bounds, grads.device)
                    if bounds is not None else None)
+
+
+def _compiled_read(grads: Tensor, rule: Optional[ElementwiseRule], out: Optional[Tensor],
+                   gram: bool, diagnostics: bool):
+    """(the rule's statistic, :class:`~.compiled.AgreeingSum`) from one compiled read of
+    ``grads``: the rule's kernel; for no rule on a diagnostic step, the agreeing-sum kernel
+    for its count, its sum going to a scratch row; None where no kernel applies."""
+    if rule is not None:
+        return rule.combine_fused(grads, out, gram) if rule.fuses(grads, out) else None
+    if diagnostics and compiled.applies(grads, grads[0]):
+        return None, compiled.agreeing_sum(grads, grads.new_empty(grads.shape[1]), l1=False,
+                                           gram=gram)
+    return None
 
 
 def _bounds(segments: Optional[Sequence[int]], p: int) -> Optional[list[int]]:

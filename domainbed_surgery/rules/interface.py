@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 from torch import Tensor
 
-from . import registry
+from . import compiled, registry
 from .kernels import agreement_mask, check_grads, gram_matrix
 
 __all__ = ["Param", "RuleUnavailable", "Rule", "ElementwiseRule", "GramianRule"]
@@ -170,11 +170,12 @@ class ElementwiseRule(Rule):
         """Whether :meth:`combine_fused` applies to these tensors (default: never)."""
         return False
 
-    def combine_fused(self, grads: Tensor,
-                      out: Tensor) -> tuple[Tensor, Optional[Tensor], Tensor]:
+    def combine_fused(self, grads: Tensor, out: Tensor,
+                      gram: bool = False) -> tuple[Optional[Tensor], "compiled.AgreeingSum"]:
         """:meth:`combine_chunk` over all columns without a conflict mask, in one read of
-        ``grads`` (a compiled kernel), where :meth:`fuses`; returns (conflicting columns,
-        the statistic over all columns, the rows' float64 squared norms)."""
+        ``grads`` (a compiled kernel), where :meth:`fuses`; returns (the statistic over all
+        columns, what the read counted: conflicts, squared norms and, with ``gram``, the
+        Gram matrix)."""
         raise NotImplementedError(f"{self.name} has no fused kernel")
 
     def finish(self, out: Tensor, partial: Optional[Tensor],

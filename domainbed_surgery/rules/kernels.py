@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from . import compiled
+
 __all__ = ["CHUNK", "DEVICE_CHUNK", "default_chunk", "check_grads", "column_chunks",
            "agreement_mask", "row_sum", "agreeing_sum_into", "gram_matrix",
            "check_finite_rows", "pairwise_cosine"]
@@ -120,13 +122,22 @@ def gram_from_dots(dots: list[Tensor], n: int, device) -> Tensor:
 
 
 def gram_matrix(grads: Tensor, chunk: int = CHUNK) -> Tensor:
-    """``[N, N]`` float64 inner products ``<g^(i), g^(j)>``, summed over column chunks.
+    """``[N, N]`` float64 inner products ``<g^(i), g^(j)>``: the step's Gram matrix.
 
-    Each chunk's dot products are taken in the gradients' dtype and summed in float64;
-    :func:`one_pass` computes the same dots in the same order, so both give the same
-    matrix. Recomputed in float64 throughout if float32 overflows.
+    On the CPU, the compiled kernel (:func:`~.compiled.gram`: float64 products, one read);
+    elsewhere, or without it, each chunk's dot products are taken in the gradients' dtype
+    and summed in float64, recomputed in float64 throughout if float32 overflows.
+    :func:`~.fused.one_pass` takes the same path, so both give the same matrix.
     """
     check_grads(grads)
+    compiled_gram = compiled.gram(grads)
+    if compiled_gram is not None:
+        return compiled_gram
+    return torch_gram_matrix(grads, chunk)
+
+
+def torch_gram_matrix(grads: Tensor, chunk: int = CHUNK) -> Tensor:
+    """:func:`gram_matrix` the torch way (chunked dots, summed in float64), whatever the device."""
     n = grads.shape[0]
     dots = [d for cols in column_chunks(grads.shape[1], chunk) for d in upper_dots(grads[:, cols])]
     return widened_if_overflowed(gram_from_dots(dots, n, grads.device), grads, chunk)
@@ -137,7 +148,7 @@ def widened_if_overflowed(gram: Tensor, grads: Tensor, chunk: int) -> Tensor:
     if grads.dtype == torch.float64 or bool(torch.isfinite(gram).all()) \
             or not bool(torch.isfinite(grads).all()):
         return gram
-    return gram_matrix(grads.double(), chunk)
+    return torch_gram_matrix(grads.double(), chunk)
 
 
 def norms_from_dots(dots: list[Tensor], grads: Tensor, chunk: int = CHUNK) -> Tensor:
@@ -148,7 +159,7 @@ def norms_from_dots(dots: list[Tensor], grads: Tensor, chunk: int = CHUNK) -> Te
     if grads.dtype == torch.float64 or bool(torch.isfinite(sq_norms).all()) \
             or not bool(torch.isfinite(grads).all()):
         return sq_norms
-    return gram_matrix(grads.double(), chunk).diagonal().clone()
+    return torch_gram_matrix(grads.double(), chunk).diagonal().clone()
 
 
 def check_finite_rows(sq_norms: Tensor, grads: Tensor) -> None:

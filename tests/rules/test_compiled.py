@@ -54,7 +54,7 @@ def torch_agreeing_sum(g):
 def test_agreeing_sum_is_bitwise_torchs(n, p, seed, dtype):
     g = with_zeros(n, p, seed, dtype)
     out = torch.full((p,), float("nan"), dtype=dtype)
-    conflicts, l1, sq_norms = compiled.agreeing_sum(g, out)
+    conflicts, l1, sq_norms, _ = compiled.agreeing_sum(g, out)
     expected, expected_conflicts, expected_l1 = torch_agreeing_sum(g)
     assert torch.equal(out, expected)
     assert conflicts == expected_conflicts
@@ -69,7 +69,7 @@ def test_agreeing_sum_without_l1_writes_the_same_bits():
     count, across block boundaries, as the call Agr-Rand makes."""
     g = with_zeros(3, 3 * block() + 5, seed=7)
     with_l1, without = torch.empty(g.shape[1]), torch.empty(g.shape[1])
-    conflicts, l1, sq_norms = compiled.agreeing_sum(g, with_l1)
+    conflicts, l1, sq_norms, _ = compiled.agreeing_sum(g, with_l1)
     lean = compiled.agreeing_sum(g, without, l1=False)
     assert lean.conflicts == conflicts and lean.l1 is None
     assert torch.equal(lean.sq_norms, sq_norms)
@@ -82,7 +82,7 @@ def test_agreeing_sum_hand_computed():
                       [2.0, -1.0, 0.0, -3.0, 1.0, 1e-45],
                       [0.5, -4.0, 0.0, 1.0, 1.0, 1e-45]])
     out = torch.empty(6)
-    conflicts, l1, sq_norms = compiled.agreeing_sum(g, out)
+    conflicts, l1, sq_norms, _ = compiled.agreeing_sum(g, out)
     # agree, agree, all zero (conflict), mixed signs, -0.0 (conflict), tiny but agreeing
     assert out.tolist() == [3.5, -7.0, 0.0, 0.0, 0.0, pytest.approx(3 * 1.401298464324817e-45)]
     assert conflicts == 3
@@ -204,7 +204,8 @@ def test_noise_where_zero_declines_what_it_is_not_compiled_for():
 def test_one_pass_gives_the_same_update_with_and_without_the_kernels(name, monkeypatch):
     """The compiled path and the torch path of a step: the same update (Agr-Rand: the same
     agreeing sums, noise in the same places with the same scale, from another generator),
-    the same count, the same Gram matrix."""
+    the same count, the same Gram matrix up to rounding (the kernel's float64 products are
+    exact to 1e-12; torch's float32 dots, summed in float64 chunk by chunk, to 1e-5)."""
     g = with_zeros(3, 2 * rules.CHUNK + 3 * block() + 11, seed=9)
     rule = rules.get(name)()
     fast, fast_pass = rules.combine_in_one_pass(rule, g, gen(4))
@@ -220,7 +221,11 @@ def test_one_pass_gives_the_same_update_with_and_without_the_kernels(name, monke
         for noise in (fast[~mask], slow[~mask]):
             assert stats.kstest((noise.double() / sigma).numpy(), "norm").pvalue > 1e-3
     assert fast_pass.n_agree.item() == slow_pass.n_agree.item()
-    assert torch.equal(fast_pass.gram, slow_pass.gram)
+    exact = g.double() @ g.double().T
+    scale = exact.diagonal().max().item()
+    torch.testing.assert_close(fast_pass.gram, exact, rtol=0, atol=1e-12 * scale)
+    torch.testing.assert_close(slow_pass.gram, exact, rtol=0, atol=1e-5 * scale)
+    assert not torch.equal(fast_pass.gram, slow_pass.gram)  # the kernel's Gram ran
 
 
 def test_describe_names_what_runs(monkeypatch):
@@ -275,7 +280,7 @@ def test_more_rows_than_the_task_is_compiled_for_use_numbas_kernel():
     torch_openmp_or_skip()
     g = with_zeros(_numba.TASK_MAX_ROWS + 1, 1000, seed=4)
     out = torch.empty(1000)
-    conflicts, _, _ = compiled.agreeing_sum(g, out)
+    conflicts = compiled.agreeing_sum(g, out).conflicts
     expected, expected_conflicts, _ = torch_agreeing_sum(g)
     assert torch.equal(out, expected) and conflicts == expected_conflicts
 
@@ -320,8 +325,8 @@ def test_tasks_that_disagree_with_the_kernels_fall_back_to_numbas_threads(monkey
     lib = torch_openmp_or_skip()
     real = compiled._agreeing_sum_on
 
-    def corrupted(lib, grads, out, l1):
-        totals = real(lib, grads, out, l1)
+    def corrupted(lib, grads, out, l1, gram=False):
+        totals = real(lib, grads, out, l1, gram)
         out[0] += 1.0
         return totals
 
@@ -340,3 +345,92 @@ def test_describe_says_whose_threads_run_the_kernels(monkeypatch):
     assert compiled.describe().endswith("on torch's OpenMP threads")
     monkeypatch.setenv("DOMAINBED_SURGERY_OPENMP", "0")
     assert compiled.describe().endswith("on Numba's threads")
+
+
+# -- the Gram matrix in one read (PCGrad's every step, every rule's diagnostic step) ------
+def float64_gram(g):
+    g = g.double()
+    return g @ g.T
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 9), p=st.integers(1, 3 * 16384 + 50), seed=st.integers(0, 2**16))
+def test_gram_is_the_float64_gram_matrix(n, p, seed):
+    """Float64 products of float32 rows, summed in another order than a matmul: equal to
+    1e-12 of the largest squared norm, and exactly symmetric; N = 9 runs past the tasks'
+    eight rows on Numba's kernel."""
+    g = with_zeros(n, p, seed)
+    gram = compiled.gram(g)
+    expected = float64_gram(g)
+    assert gram.dtype == torch.float64 and gram.shape == (n, n)
+    assert torch.equal(gram, gram.T)
+    torch.testing.assert_close(gram, expected, rtol=0,
+                               atol=1e-12 * expected.diagonal().max().item() + 1e-300)
+
+
+def test_gram_hand_computed():
+    g = torch.tensor([[1.0, 2.0, 0.0], [3.0, -1.0, 2.0], [0.0, 0.0, 0.0]])
+    assert compiled.gram(g).tolist() == [[5.0, 1.0, 0.0], [1.0, 14.0, 0.0], [0.0, 0.0, 0.0]]
+    huge = torch.full((2, 4), 2.0 ** 100)  # float32 products would overflow; float64 ones do not
+    assert compiled.gram(huge).tolist() == [[2.0 ** 202] * 2] * 2
+
+
+def test_the_agreeing_sums_gram_is_grams_and_its_norms_the_diagonal():
+    """On a diagnostic step the agreeing-sum kernel's read gives the Gram matrix: the bits
+    of :func:`compiled.gram`, whose diagonal is the norms of a step without diagnostics."""
+    g = with_zeros(3, 3 * block() + 7, seed=21)
+    out = torch.empty(g.shape[1])
+    with_gram = compiled.agreeing_sum(g, out, gram=True)
+    lean = compiled.agreeing_sum(g, torch.empty(g.shape[1]), l1=False)
+    assert torch.equal(with_gram.gram, compiled.gram(g))
+    assert torch.equal(with_gram.sq_norms, lean.sq_norms)
+    assert torch.equal(with_gram.gram.diagonal(), lean.sq_norms)
+
+
+def test_gram_declines_what_it_is_not_compiled_for():
+    g = torch.randn(3, 10)
+    assert compiled.gram(g.double()) is None  # float64: torch's float64 dots
+    assert compiled.gram(g.half()) is None
+    assert compiled.gram(g[:, ::2]) is None  # strided rows
+    assert compiled.gram(g.clone().requires_grad_()) is None
+    assert compiled.gram(g[0]) is None  # not [N, P]
+    assert not compiled.gram_applies(torch.empty(3, 10, device="meta"))
+
+
+@pytest.mark.parametrize("openmp", ["1", "0"])
+def test_gram_does_not_depend_on_the_thread_count(openmp, monkeypatch):
+    import numba
+
+    monkeypatch.setenv("DOMAINBED_SURGERY_OPENMP", openmp)
+    g = with_zeros(4, 5 * block() + 3, seed=5)
+    threads = torch.get_num_threads()
+    try:
+        grams = []
+        for t in (1, min(3, max(2, numba.config.NUMBA_NUM_THREADS))):
+            torch.set_num_threads(t)
+            grams.append(compiled.gram(g))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grams[0], grams[1])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_gram_task_gives_the_kernels_bits(n):
+    lib = torch_openmp_or_skip()
+    wide = with_zeros(n, 3 * block() + 40, seed=n)
+    for g in (wide, wide[:, 9:9 + 2 * block() + 5]):  # rows of a wider matrix too
+        assert np.array_equal(compiled._gram_on(lib, g), compiled._gram_kernel(g))
+
+
+def test_a_gramian_rules_diagnostic_step_counts_in_the_kernels_read(monkeypatch):
+    """PCGrad on a diagnostic step: the agreement count and Gram matrix of the torch chunks,
+    the count exactly, from one compiled read; the update the rule's on that Gram."""
+    g = with_zeros(3, rules.CHUNK + 2 * block() + 3, seed=17)
+    rule = rules.get("PCGrad")()
+    fast, fast_pass = rules.combine_in_one_pass(rule, g, gen(2))
+    assert torch.equal(fast_pass.gram, compiled.gram(g))
+    assert torch.equal(fast, rule(g, gen(2), gram=compiled.gram(g)))
+    monkeypatch.setenv("DOMAINBED_SURGERY_COMPILED", "0")
+    slow, slow_pass = rules.combine_in_one_pass(rule, g, gen(2))
+    assert fast_pass.n_agree.item() == slow_pass.n_agree.item() == int(rules.agreement_mask(g).sum())
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4 * g.abs().max().item())
