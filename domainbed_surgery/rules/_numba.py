@@ -5,7 +5,8 @@ block's result lands in its own slot and the slots are reduced in block order, s
 result depends on the thread count. The domain rows come as a tuple of 1-D arrays: Numba
 compiles one version per number of rows, whose row loop LLVM unrolls, so the column loop
 vectorizes. No fast-math: each element sees the same IEEE operations, in the same order,
-as the torch code it stands in for.
+as the torch code it stands in for; only the inner products (:func:`_dot`: the squared
+norms and the Gram matrix) are float64 sums reassociated so that they vectorize.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""One-read CPU kernels for the elementwise rules, compiled with Numba when it is installed.
+"""One-read CPU kernels for the step, compiled with Numba when it is installed.
 
 On the CPU, torch computes Agr-Sum's chunk in about ten passes (min, max, compare, add,
 mask), each reading memory again; the compiled kernel reads each column once and gives
 the same bits (the same additions in the same order). Agr-Rand's noise is drawn by a
-compiled ziggurat straight into the zeros of its agreeing sum, in one pass. Without Numba,
+compiled ziggurat straight into the zeros of its agreeing sum, in one pass. The Gram
+matrix (PCGrad's every step, every rule's diagnostic step) is taken in one read too, in
+float64 products, where torch's chunked dots read the rows N(N+1)/2 times. Without Numba,
 off the CPU, for other dtypes or with ``DOMAINBED_SURGERY_COMPILED=0``, the torch code runs
-instead: the same results, slower.
+instead: the same results (the Gram matrix to rounding), slower.
 
 Where torch runs on GNU OpenMP (its Linux wheels), the kernels run on torch's own OpenMP
 threads (``GOMP_parallel`` of the libgomp torch loaded): right after the step's backward,
