@@ -45,6 +45,12 @@ def _column(rows, j):  # pragma: no cover - compiled
     return s, positive | negative
 
 
+@njit(inline="always")
+def _block_range(b, p):  # pragma: no cover - compiled
+    """Block ``b``'s columns ``[start, stop)`` of ``p``, unsigned (no negative-index wrap)."""
+    return np.uint64(b * BLOCK), np.uint64(min(b * BLOCK + BLOCK, p))
+
+
 @njit(cache=True, fastmath={"reassoc", "contract"}, boundscheck=False)
 def _dot(x, y, start, stop):  # pragma: no cover - compiled
     """``sum(float64(x[j]) * float64(y[j]) for j in [start, stop))``, reassociated so that it
@@ -80,11 +86,9 @@ def _agreeing_sum_block(rows, out, want_l1, b, conflicts, l1, dots):  # pragma: 
     ``conflicts[b]``, (``want_l1``) its float64 sum of ``|out|`` into ``l1[b]`` and the
     rows' inner products (:func:`_block_dots`) into ``dots[b]``, over the block still in
     cache."""
-    p = out.shape[0]
     zero = out.dtype.type(0)
     one, eight = np.uint64(1), np.uint64(8)
-    start = np.uint64(b * BLOCK)
-    stop = np.uint64(min(b * BLOCK + BLOCK, p))
+    start, stop = _block_range(b, out.shape[0])
     count = 0
     for j in range(start, stop):
         s, agree = _column(rows, j)
@@ -150,17 +154,23 @@ def agreeing_sum(rows, out, want_l1, dot_slots):  # pragma: no cover - compiled
     return block_totals(conflicts, l1, dots)
 
 
+@njit(inline="always")
+def _gram_block(rows, b, dots):  # pragma: no cover - compiled
+    """Block ``b`` of :func:`gram`: its N(N+1)/2 inner products into ``dots[b]``."""
+    start, stop = _block_range(b, rows[0].shape[0])
+    _block_dots(rows, start, stop, dots[b])
+
+
 @njit(parallel=True, cache=True, boundscheck=False)
-def gram(rows, columns):  # pragma: no cover - compiled
+def gram(rows):  # pragma: no cover - compiled
     """The ``[blocks, N(N+1)/2]`` per-block inner products of the rows (the Gram matrix's
     upper triangle, row by row; :func:`dot_totals` sums them): one read of the columns,
     block by block, each block's N rows in cache while its N(N+1)/2 products are taken."""
     n = len(rows)
-    blocks = (columns + BLOCK - 1) // BLOCK
+    blocks = (rows[0].shape[0] + BLOCK - 1) // BLOCK
     dots = np.zeros((blocks, n * (n + 1) // 2), np.float64)
     for b in prange(blocks):
-        _block_dots(rows, np.uint64(b * BLOCK), np.uint64(min(b * BLOCK + BLOCK, columns)),
-                    dots[b])
+        _gram_block(rows, b, dots)
     return dots
 
 
@@ -280,11 +290,9 @@ def _noise_block(values, seed, scale, b, ki, wi, fi):  # pragma: no cover - comp
     (98.5% end there), then, in column order, the rest of the rejected ones. The same draws
     as one loop, but the hot loop makes no call: a call in it made a serially compiled
     block 15x slower."""
-    p = values.shape[0]
     zero = values.dtype.type(0)
     base = _mix(np.uint64(seed) ^ _mix(np.uint64(b) * _GAMMA))
-    start = np.uint64(b * BLOCK)
-    stop = np.uint64(min(b * BLOCK + BLOCK, p))
+    start, stop = _block_range(b, values.shape[0])
     rejected = np.empty(stop - start, np.uint64)
     n_rejected = 0
     for j in range(start, stop):  # unsigned: no negative-index wrap
@@ -369,8 +377,7 @@ def _read_block(rows, args):  # pragma: no cover - compiled
     (gram_only, out, want_l1, b, conflicts, l1, dots)."""
     gram_only, out, want_l1, b, conflicts, l1, dots = args
     if gram_only:
-        p = rows[0].shape[0]
-        _block_dots(rows, np.uint64(b * BLOCK), np.uint64(min(b * BLOCK + BLOCK, p)), dots[b])
+        _gram_block(rows, b, dots)
     else:
         _agreeing_sum_block(rows, out, want_l1, b, conflicts, l1, dots)
 

@@ -158,8 +158,7 @@ def _gram_on(lib, grads: Tensor) -> np.ndarray:
 def _gram_kernel(grads: Tensor) -> np.ndarray:
     """The same on Numba's threads (its parallel kernel)."""
     kernels = _loaded()
-    return kernels.dot_totals(_run(kernels.gram, tuple(row.numpy() for row in grads),
-                                   grads.shape[1]))
+    return kernels.dot_totals(_run(kernels.gram, tuple(row.numpy() for row in grads)))
 
 
 def _symmetric(upper: np.ndarray, n: int) -> Tensor:
