@@ -26,8 +26,11 @@ SURGERY_REDUCTIONS = ("sum", "mean")
 #: ``surgery_diagnostics_every``: the logged agreement and cosine are computed on every
 #: k-th step (a Gramian rule gets its Gram matrix on every step regardless). 10, by
 #: measurement: on ResNet-18 at 64 px (11.2 M parameters, 3 x 16) they cost 12-15 ms of a
-#: 380-410 ms step (Gram matrix and count over the [N, P] buffer); every 10th step makes
-#: that 0.4%, and a checkpoint of 50-100 steps still averages 5-10 of them.
+#: 380-410 ms step when chosen (Gram matrix and count over the [N, P] buffer); since the
+#: compiled CPU kernels take them in the step's one read, 0.7-1.4 ms of a 210 ms step
+#: (docs/results/cpu_step_time), so every step would cost 0.5% and every 10th 0.05%; kept
+#: at 10 so that records stay comparable, and a checkpoint of 50-300 steps still averages
+#: 5-30 of them.
 DIAGNOSTICS_EVERY = 10
 
 
